@@ -1,0 +1,214 @@
+"""Image datasets small enough to live in memory as tensors, batched and augmented without per-sample Python.
+
+The loaders yield whole batches by indexing the tensors with a batch of indices, and augmentation runs on the
+batch after it reaches the device (``on_after_batch_transfer``), so a training step costs a gather and a few
+tensor ops instead of ``batch_size`` calls of Python transforms. torchvision's v2 transforms draw one set of
+random parameters per call, which would shift every image of a batch alike, so the per-image random
+translation and flip are written here as batched tensor ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
+
+
+class TensorBatches(Dataset):
+    """Index a pair of tensors with a whole batch of indices at once (use with ``batch_size=None``)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return self.images[index], self.labels[index]
+
+
+def random_translate(x: torch.Tensor, padding: int, mode: str = "constant") -> torch.Tensor:
+    """Shift each image of ``x`` (B, C, H, W) by its own random offset in ``[-padding, padding]`` pixels."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4, mode=mode)  # (B, C, H + 2p, W + 2p)
+    dy = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b, 1), device=x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]  # (B, C, H, W)
+
+
+def random_hflip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror each image of ``x`` (B, C, H, W) left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+    return torch.where(flip, x.flip(-1), x)
+
+
+class InMemoryImageDataModule(LightningDataModule):
+    """Base for image datasets held as tensors; subclasses implement ``load_split``.
+
+    Args:
+        data_dir: Folder the dataset is read from (and downloaded to, where the dataset downloads).
+        batch_size: Training batch size; evaluation uses ``eval_batch_size``.
+        eval_batch_size: Batch size for validation, test and predict.
+        val_fraction: Share of the training split held out for validation (seeded, stratified by class).
+        seed: Seed of the validation split and of the training order.
+        balance: Draw training batches with a ``WeightedRandomSampler`` so every class is equally likely.
+        translate: Random per-image shift of up to this many pixels during training; 0 turns it off.
+        hflip: Random left-right flips during training (right for photos, wrong for digits).
+        pin_memory: Pin batches for faster host-to-GPU copies.
+    """
+
+    #: Channels, side and class count of the dataset; subclasses set them.
+    channels: int = 1
+    side: int = 28
+    classes: tuple[str, ...] = tuple(str(i) for i in range(10))
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        balance: bool = False,
+        translate: int = 0,
+        hflip: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if translate < 0:
+            raise ValueError(f"translate must be >= 0 pixels, got {translate}")
+        self.save_hyperparameters(logger=False)
+        self.data_dir = data_dir
+        self.splits: dict[str, TensorBatches] = {}
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_channels(self) -> int:
+        return self.channels
+
+    @property
+    def image_size(self) -> int:
+        return self.side
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.classes)
+
+    def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(images, labels)`` of the official train or test split: images (N, C, H, W) uint8 or float."""
+        raise NotImplementedError
+
+    def _check(self, images: torch.Tensor, labels: torch.Tensor, split: str) -> None:
+        expected = (self.channels, self.side, self.side)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected or len(images) != len(labels):
+            raise MisconfigurationException(
+                f"{type(self).__name__} {split} data has images of shape {tuple(images.shape)} and {len(labels)} "
+                f"labels; expected (N, {', '.join(map(str, expected))}) images with one label each."
+                " Download the dataset again."
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise MisconfigurationException(
+                f"{type(self).__name__} {split} labels range from {int(labels.min())} to {int(labels.max())}, outside "
+                f"[0, {self.num_classes - 1}]. The files under {self.data_dir} are corrupt: delete and download "
+                "them again."
+            )
+
+    def setup(self, stage: str) -> None:
+        if self.splits:  # idempotent: every stage shares one load
+            return
+        images, labels = self.load_split(train=True)
+        self._check(images, labels, "train")
+        train_idx, val_idx = self._stratified_split(labels)
+        self.splits["train"] = TensorBatches(images[train_idx], labels[train_idx])
+        self.splits["val"] = TensorBatches(images[val_idx], labels[val_idx])
+        test_images, test_labels = self.load_split(train=False)
+        self._check(test_images, test_labels, "test")
+        self.splits["test"] = TensorBatches(test_images, test_labels)
+        # Normalisation statistics come from the training split only, so nothing leaks from validation or test.
+        train = self._to_float(self.splits["train"].images)
+        self.mean = train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+        self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1)
+
+    def _stratified_split(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        train_parts, val_parts = [], []
+        for c in labels.unique():
+            members = torch.nonzero(labels == c).flatten()
+            members = members[torch.randperm(len(members), generator=generator)]
+            n_val = round(len(members) * self.hparams.val_fraction)
+            val_parts.append(members[:n_val])
+            train_parts.append(members[n_val:])
+        return torch.cat(train_parts).sort().values, torch.cat(val_parts).sort().values
+
+    @staticmethod
+    def _to_float(x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+    def _loader(self, split: str) -> DataLoader:
+        if not self.splits:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders are requested")
+        data = self.splits[split]
+        if split == "train":
+            # Every rank draws the same order from the same seed; Lightning's distributed sampler then deals
+            # the batches out between ranks.
+            generator = torch.Generator().manual_seed(self.hparams.seed)
+            if self.hparams.balance:
+                counts = torch.bincount(data.labels, minlength=self.num_classes).clamp_min(1)
+                weights = (1.0 / counts.double())[data.labels]
+                sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True, generator=generator)
+            else:
+                sampler = RandomSampler(data, generator=generator)
+            batches = BatchSampler(sampler, self.hparams.batch_size, drop_last=len(data) > self.hparams.batch_size)
+        else:
+            batches = BatchSampler(SequentialSampler(data), self.hparams.eval_batch_size, drop_last=False)
+        return DataLoader(data, batch_size=None, sampler=batches, pin_memory=self.hparams.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if not isinstance(batch, (tuple, list)):  # the model summary's example input, already a float tensor
+            return batch
+        images, labels = batch
+        x = self._to_float(images)
+        if self.trainer is not None and self.trainer.training:
+            if self.hparams.translate:
+                x = random_translate(x, self.hparams.translate)
+            if self.hparams.hflip:
+                x = random_hflip(x)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x, labels
+
+    def state_dict(self) -> dict:
+        # The statistics travel with checkpoints so a reloaded model sees inputs scaled as in training.
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.mean, self.std = state_dict["mean"], state_dict["std"]

@@ -1,0 +1,77 @@
+"""The default logger of every recipe: Weights & Biases, online when it can be, offline when it cannot.
+
+A recipe must run on a laptop on a train, on a cluster node without internet and on a workstation with an
+account, and never stop to ask for an API key. So the mode is chosen up front: online only with credentials
+(``WANDB_API_KEY`` or a ``~/.netrc`` entry) and a reachable server; otherwise the run is written offline under
+the run directory and the ``wandb sync`` command to upload it later is printed when training ends.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import socket
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def wandb_can_go_online(timeout: float = 2.0) -> bool:
+    """Whether W&B credentials exist and its server answers within ``timeout`` seconds."""
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    if not has_key:
+        try:
+            has_key = netrc.netrc().authenticators(host) is not None
+        except (FileNotFoundError, netrc.NetrcParseError, OSError):
+            has_key = False
+    if not has_key:
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class RecipeWandbLogger(WandbLogger):
+    """``WandbLogger`` that picks online or offline mode itself and closes its run when training ends.
+
+    Args:
+        name: Run name; the ``recipe`` command names it after the recipe.
+        save_dir: Folder that receives the ``wandb/`` run directory (the recipe's run directory).
+        project: W&B project.
+        offline: Force offline (``True``) or online (``False``); ``None`` decides from credentials and network.
+            An explicit ``WANDB_MODE`` in the environment is always respected.
+        log_model: Upload checkpoints as W&B artifacts (see ``WandbLogger``).
+        tags: Run tags.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        save_dir: str = "runs",
+        project: str = "lightning-recipes",
+        offline: bool | None = None,
+        log_model: bool = False,
+        tags: list[str] | None = None,
+    ) -> None:
+        if offline is None:
+            offline = os.environ.get("WANDB_MODE") == "offline" or (
+                "WANDB_MODE" not in os.environ and not wandb_can_go_online()
+            )
+        os.makedirs(save_dir, exist_ok=True)
+        super().__init__(name=name, save_dir=save_dir, project=project, offline=offline, log_model=log_model, tags=tags)
+
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if self._experiment is None or not hasattr(self._experiment, "finish"):
+            return
+        run = self._experiment
+        sync_dir = os.path.dirname(run.dir)  # .../wandb/offline-run-<time>-<id>
+        run.finish(exit_code=0 if status == "success" else 1)
+        # A later stage in the same process (``trainer.test`` after ``fit``) resumes this run by id.
+        self._experiment = None
+        if self._offline:
+            rank_zero_info(f"W&B run saved offline in {sync_dir}. Upload it with:\n    wandb sync {sync_dir}")
