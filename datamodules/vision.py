@@ -124,9 +124,15 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             data_dir, batch_size, eval_batch_size, val_fraction, seed, balance, translate, hflip, pin_memory
         )
 
+    def _files(self, train: bool) -> list[str]:
+        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        return [os.path.join(self.data_dir, self.folder, name) for name in names]
+
     def prepare_data(self) -> None:
         from torchvision.datasets import CIFAR10
 
+        if all(os.path.isfile(f) for f in self._files(True) + self._files(False)):
+            return  # already unpacked; a corrupt file is reported by ``setup`` with the way to fix it
         try:
             CIFAR10(self.data_dir, train=True, download=True)
         except Exception as err:
@@ -137,10 +143,8 @@ class CIFAR10DataModule(InMemoryImageDataModule):
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         root = os.path.join(self.data_dir, self.folder)
-        names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
         images, labels = [], []
-        for name in names:
-            path = os.path.join(root, name)
+        for path in self._files(train):
             if not os.path.isfile(path):
                 raise MisconfigurationException(
                     f"CIFAR-10 file {path} is missing. Point --data.data_dir at the folder that holds {self.folder}/, "

@@ -8,6 +8,7 @@ and run-length-aware schedulers such as one-cycle (Smith & Topin 2018) that get 
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -72,8 +73,13 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
-        # The network is rebuilt from the recipe's class_path on reload, so it is not pickled into the hparams.
-        self.save_hyperparameters(ignore=["net"], logger=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters(logger=False)
+        if isinstance(self.hparams.get("net"), nn.Module):
+            # Built in Python rather than from a config (where ``net`` is its class_path): the module's weights are
+            # in the state dict already, so pass ``net=`` again to ``load_from_checkpoint`` instead of pickling it.
+            self.remove_ignored_hparams(["net"])
         net = net if net is not None else CompactResNet(in_channels=in_channels, num_classes=num_classes)
         self.net = adapt_classifier(net, num_classes=num_classes, in_channels=in_channels)
         head = [name for name, m in self.net.named_modules() if isinstance(m, nn.Linear)][-1]

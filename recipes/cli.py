@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -48,6 +49,9 @@ class RecipeCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch:02d}-{step}",
             }
         )
+
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 class UsageError(Exception):
@@ -107,8 +111,11 @@ def _user_message(err: BaseException) -> str:
     return text
 
 
-def main(args: list[str] | None = None) -> LightningCLI | None:
+def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None:
     """Run the ``recipe`` command with ``args`` (default: ``sys.argv[1:]``) and return the ``LightningCLI``.
+
+    With ``run=False`` the arguments carry no subcommand and the CLI only parses and instantiates model, data and
+    trainer (as ``LightningCLI(run=False)`` does).
 
     ``recipe list`` prints the packaged recipes and returns ``None``. A user mistake (a missing config or data
     folder, an unknown class, bad labels, a NaN loss) prints one ``error:`` line and exits with status 2.
@@ -130,9 +137,16 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
                 subclass_mode_data=True,
                 save_config_callback=RecipeConfigCallback,
                 trainer_defaults=_trainer_defaults(_run_name(argv, recipe)),
+                # Parse errors raise instead of printing the whole usage, so they can be reported in a few lines.
+                parser_kwargs={"exit_on_error": False, **{cmd: {"exit_on_error": False} for cmd in SUBCOMMANDS}},
+                run=run,
             )
         finally:
             sys.argv = saved_argv
+    except ArgumentError as err:
+        command = argv[0] if argv and argv[0] in SUBCOMMANDS else ""
+        print(f"error: {err}\nSee `recipe {command} --help` for every option.".replace("  --", " --"), file=sys.stderr)
+        raise SystemExit(2) from None
     except (UsageError, MisconfigurationException) as err:
         print(f"error: {_user_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None

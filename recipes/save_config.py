@@ -23,7 +23,8 @@ class RecipeConfigCallback(SaveConfigCallback):
         super().__init__(parser, config, config_filename, overwrite, multifile, save_to_log_dir=False)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        # The logged copy includes the values linked from the data (num_classes, ...): it describes the run.
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_link_targets=False))
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
 

@@ -23,7 +23,7 @@ def wandb_can_go_online(timeout: float = 2.0) -> bool:
     has_key = bool(os.environ.get("WANDB_API_KEY"))
     if not has_key:
         try:
-            has_key = netrc.netrc().authenticators(host) is not None
+            has_key = netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
         except (FileNotFoundError, netrc.NetrcParseError, OSError):
             has_key = False
     if not has_key:

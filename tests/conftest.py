@@ -1,0 +1,32 @@
+"""Every test runs in its own empty folder, offline, with no W&B credentials: the run directories the recipe
+command writes (``runs/...``) land there, and W&B must choose offline mode by itself."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def isolated_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    yield tmp_path
+    # WandbLogger switches offline mode on through the environment; do not let it leak into the next test.
+    os.environ.pop("WANDB_MODE", None)
+
+
+@pytest.fixture(scope="session")
+def fake_data_root(tmp_path_factory):
+    """One folder holding tiny MNIST, CIFAR-10 and image-folder data in their libraries' on-disk formats."""
+    from fake_data import write_cifar10, write_image_folder, write_mnist
+
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root)
+    write_cifar10(root)
+    write_image_folder(root, per_class=6, side=32, splits=("train", "val"))
+    return root

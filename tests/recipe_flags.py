@@ -1,0 +1,24 @@
+"""Flags and overlays that let packaged recipes run on this offline CPU machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def offline_overrides(path, data_root) -> list[str]:
+    """Flags that let any recipe instantiate on this machine: CPU, no logger, local data, no weight download."""
+    config = yaml.safe_load(path.read_text())
+    flags = ["--trainer.accelerator=cpu", "--trainer.logger=false", f"--data.init_args.data_dir={data_root}"]
+    net = ((config.get("model") or {}).get("init_args") or {}).get("net") or {}
+    if "weights" in (net.get("init_args") or {}):
+        flags.append(f"--config={no_pretrained_weights()}")
+    return flags
+
+
+def no_pretrained_weights() -> str:
+    """An overlay that turns off pretrained weights (a YAML null: the command line cannot say None for an enum)."""
+    path = Path("no_pretrained_weights.yaml")
+    path.write_text("model:\n  init_args:\n    net:\n      init_args:\n        weights: null\n")
+    return str(path)

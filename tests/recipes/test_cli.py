@@ -1,0 +1,230 @@
+"""The ``recipe`` command end to end on tiny offline data: smoke runs, checkpoints, loggers and bad input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from recipe_flags import no_pretrained_weights
+from wandb_records import read_config
+
+from lightning_modules.vision import ImageClassifier
+from recipes.cli import main
+
+QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
+NO_LOGGER = ["--trainer.logger=false"]
+
+
+def _checkpoints(cli) -> dict[str, Path]:
+    folder = Path(cli.trainer.checkpoint_callback.dirpath)
+    return {p.name: p for p in folder.glob("*.ckpt")}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+VISION_SMOKE = {
+    "vision/digits": [],
+    "vision/mnist": [],
+    "vision/cifar10": ["--trainer.accelerator=cpu", "--trainer.precision=32", "--trainer.benchmark=false"],
+    "vision/imagefolder_finetune": [
+        "--config=no_pretrained_weights.yaml",
+        "--data.init_args.image_size=32",
+        "--data.init_args.num_workers=0",
+        "--trainer.max_epochs=2",
+        "--trainer.callbacks.init_args.unfreeze_backbone_at_epoch=1",
+    ],
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(VISION_SMOKE))
+def test_smoke_fit_then_test_from_checkpoint(recipe, fake_data_root):
+    no_pretrained_weights()
+    data = [f"--data.init_args.data_dir={fake_data_root}"]
+    fit = main(["fit", "--config", recipe, *data, *QUICK, *NO_LOGGER, *VISION_SMOKE[recipe]])
+    checkpoints = _checkpoints(fit)
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-") for name in checkpoints)
+    assert (Path(fit.trainer.checkpoint_callback.dirpath) / "config.yaml").is_file()
+    assert torch.isfinite(fit.trainer.callback_metrics["train/loss"])
+
+    ckpt = str(checkpoints["last.ckpt"])
+    test = main(["test", "--config", recipe, *data, *NO_LOGGER, *VISION_SMOKE[recipe], "--ckpt_path", ckpt])
+    metrics = test.trainer.callback_metrics
+    assert {"test/acc", "test/loss", "test/f1"} <= set(metrics)
+    assert 0.0 <= float(metrics["test/acc"]) <= 1.0
+    media = list(Path(test.trainer.default_root_dir).rglob("test_confusion_matrix.png"))
+    assert media, "the confusion matrix is saved as an image"
+
+
+def test_checkpoint_round_trip_gives_identical_predictions():
+    fit = main(["fit", "--config", "vision/digits", *QUICK, *NO_LOGGER])
+    best = fit.trainer.checkpoint_callback.best_model_path
+    reloaded = ImageClassifier.load_from_checkpoint(best)
+    assert type(reloaded.net) is type(fit.model.net)
+    original = ImageClassifier.load_from_checkpoint(best)  # the fitted weights as saved at the best epoch
+    batch = torch.randn(16, 1, 8, 8)
+    reloaded.eval()
+    original.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(batch), original(batch))
+        # last.ckpt holds the final weights: it reproduces the live model exactly.
+        last = ImageClassifier.load_from_checkpoint(str(Path(best).parent / "last.ckpt")).eval()
+        fit.model.eval()
+        assert torch.equal(last(batch), fit.model(batch))
+
+
+def test_checkpoint_rebuilds_an_injected_torchvision_network(fake_data_root):
+    args = [
+        "fit",
+        "--model=lightning_modules.vision.ImageClassifier",
+        "--model.net=torchvision.models.resnet18",
+        "--data=datamodules.vision.ImageFolderDataModule",
+        f"--data.data_dir={fake_data_root}",
+        "--data.image_size=32",
+        "--data.num_workers=0",
+        *QUICK,
+        *NO_LOGGER,
+    ]
+    fit = main(args)
+    last = str(Path(fit.trainer.checkpoint_callback.dirpath) / "last.ckpt")
+    reloaded = ImageClassifier.load_from_checkpoint(last).eval()
+    assert type(reloaded.net).__name__ == "ResNet"
+    assert reloaded.net.fc.out_features == 3  # three class folders
+    batch = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(reloaded(batch), fit.model.eval()(batch))
+
+
+def test_model_and_data_by_class_path_without_a_recipe(fake_data_root):
+    cli = main(
+        [
+            "fit",
+            "--model",
+            "lightning_modules.vision.ImageClassifier",
+            "--data",
+            "datamodules.vision.ImageFolderDataModule",
+            "--data.data_dir",
+            str(fake_data_root),
+            "--data.num_workers=0",
+            *QUICK,
+            *NO_LOGGER,
+        ]
+    )
+    assert cli.model.hparams.num_classes == 3
+    assert cli.model.hparams.class_names == ("cat", "dog", "fox")
+    assert cli.trainer.state.finished
+
+
+def test_wandb_runs_offline_with_the_nested_config_once(capsys):
+    cli = main(["fit", "--config", "vision/digits", *QUICK])
+    out = capsys.readouterr()
+    assert "wandb sync" in out.out + out.err
+    runs = list(Path("runs/vision/digits/wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    config = read_config(runs[0])
+    assert config["model"]["class_path"] == "lightning_modules.vision.ImageClassifier"
+    assert config["model"]["init_args"]["net"]["class_path"] == "lightning_modules.nets.CompactResNet"
+    assert config["model"]["init_args"]["num_classes"] == 10
+    assert config["data"]["class_path"] == "datamodules.vision.DigitsDataModule"
+    assert config["trainer"]["max_epochs"] == 1
+    # Nested, and only once: no flattened keys and no copy of the module's hyperparameters at the top level.
+    assert not any("/" in key or "." in key for key in config)
+    assert "num_classes" not in config and "net" not in config
+    assert cli.trainer.logger.name == "lightning-recipes"
+    assert cli.trainer.logger.experiment.name == "vision/digits"
+    assert (Path(cli.trainer.checkpoint_callback.dirpath) / "config.yaml").is_file()
+
+
+def test_csv_logger_replaces_wandb(tmp_path):
+    logger = ["--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}", "--trainer.log_every_n_steps=1"]
+    cli = main(["fit", "--config", "vision/digits", *QUICK, *logger])
+    with open(Path(cli.trainer.logger.log_dir) / "metrics.csv") as f:
+        columns = next(csv.reader(f))
+    assert {"val/acc", "val/loss", "train/loss"} <= set(columns)
+    assert not Path("runs/vision/digits/wandb").exists()
+
+
+# ---- bad input: one clear message, exit status 2, nothing written is lost ----
+
+
+def _error(capsys, args) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_missing_config_names_the_fix(capsys):
+    err = _error(capsys, ["fit", "--config", "vision/nonexistent"])
+    assert "no config file or packaged recipe named 'vision/nonexistent'" in err
+    assert "recipe list" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_class_path_is_reported_briefly(capsys):
+    err = _error(capsys, ["fit", "--config", "vision/digits", "--model=lightning_modules.vision.NoSuchModel"])
+    assert "NoSuchModel" in err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) < 40
+
+
+def test_missing_image_folder_names_the_flag(capsys, tmp_path):
+    err = _error(
+        capsys,
+        [
+            "fit",
+            "--model=lightning_modules.vision.ImageClassifier",
+            "--data=datamodules.vision.ImageFolderDataModule",
+            f"--data.data_dir={tmp_path / 'nowhere'}",
+        ],
+    )
+    assert err.startswith("error: image folder") and "--data.data_dir" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_image_is_named(capsys, tmp_path):
+    from fake_data import write_image_folder
+
+    root = write_image_folder(tmp_path / "images", per_class=4)
+    bad = root / "train" / "dog" / "zz_broken.png"
+    bad.write_bytes(b"not a png at all")
+    args = [
+        "fit",
+        "--model=lightning_modules.vision.ImageClassifier",
+        "--data=datamodules.vision.ImageFolderDataModule",
+        f"--data.data_dir={root}",
+        "--data.image_size=16",
+        *QUICK,
+        *NO_LOGGER,
+    ]
+    err = _error(capsys, args)  # default loader workers: the message is unwrapped from the worker's traceback
+    assert "zz_broken.png" in err and "Remove or replace the file" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_labels_outside_the_classes_are_refused(capsys, tmp_path):
+    from fake_data import write_mnist
+
+    write_mnist(tmp_path, label_offset=5)
+    err = _error(
+        capsys, ["fit", "--config", "vision/mnist", f"--data.init_args.data_dir={tmp_path}", *QUICK, *NO_LOGGER]
+    )
+    assert "labels range from" in err and "[0, 9]" in err
+
+
+def test_nan_loss_stops_cleanly_and_keeps_checkpoints(capsys):
+    first = main(["fit", "--config", "vision/digits", *QUICK, *NO_LOGGER])
+    before = {name: _sha(path) for name, path in _checkpoints(first).items()}
+    err = _error(
+        capsys,
+        ["fit", "--config", "vision/digits", *QUICK, *NO_LOGGER, "--model.init_args.net=broken_nets.NaNAfter"],
+    )
+    assert "train/loss is nan" in err and "Lower the learning rate" in err
+    after = {name: _sha(path) for name, path in _checkpoints(first).items()}
+    assert after == before
+    reloaded = ImageClassifier.load_from_checkpoint(str(_checkpoints(first)["last.ckpt"]))
+    assert all(torch.isfinite(p).all() for p in reloaded.parameters())

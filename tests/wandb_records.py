@@ -1,0 +1,60 @@
+"""Read the config out of an offline W&B run file (``run-<id>.wandb``).
+
+wandb >= 0.19 no longer ships a Python reader for its transaction log, so this is the format in brief: a 7-byte
+header (``:W&B``, a 2-byte magic, a version byte), then LevelDB-log records in 32 KiB blocks, each record a 7-byte
+header (CRC32C, little-endian length, type: 1 full, 2 first, 3 middle, 4 last) followed by part of a serialized
+``wandb.proto.wandb_internal_pb2.Record``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+BLOCK = 32768
+HEADER = 7
+
+
+def records(path: Path) -> list[bytes]:
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    out, pending, pos = [], b"", HEADER
+    while pos + HEADER <= len(data):
+        left_in_block = BLOCK - pos % BLOCK
+        if left_in_block < HEADER:
+            pos += left_in_block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        chunk = data[pos + HEADER : pos + HEADER + length]
+        pos += HEADER + length
+        if kind == 0 and length == 0:
+            continue
+        if kind == 1:
+            out.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            out.append(pending + chunk)
+    return out
+
+
+def read_config(path: Path) -> dict:
+    """The run's config as W&B stored it: top-level keys mapped to their JSON-decoded values."""
+    from wandb.proto import wandb_internal_pb2
+
+    config: dict = {}
+    for raw in records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") != "config":
+            continue
+        for item in record.config.update:
+            keys = list(item.nested_key) or [item.key]
+            target = config
+            for key in keys[:-1]:
+                target = target.setdefault(key, {})
+            target[keys[-1]] = json.loads(item.value_json)
+    return config
