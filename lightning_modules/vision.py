@@ -8,6 +8,7 @@ and run-length-aware schedulers such as one-cycle (Smith & Topin 2018) that get 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Literal
 
@@ -27,6 +28,18 @@ from torchvision.transforms import v2
 
 from lightning_modules.media import log_figure
 from lightning_modules.nets import CompactResNet, adapt_classifier
+
+
+def _wants_total_steps(factory) -> bool:
+    """Whether a scheduler factory leaves ``total_steps`` (one-cycle's run length) unset for us to fill."""
+    keywords = getattr(factory, "keywords", None) or {}
+    if "total_steps" in keywords:  # the CLI's factories bind every argument, unset ones as None
+        return keywords["total_steps"] is None
+    try:
+        parameter = inspect.signature(factory).parameters.get("total_steps")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is None
 
 
 class ImageClassifier(LightningModule):
@@ -196,9 +209,11 @@ class ImageClassifier(LightningModule):
         optimizer = self.optimizer([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
         if self.lr_scheduler is None:
             return optimizer
-        fill = {}
-        if getattr(self.lr_scheduler, "keywords", {}).get("total_steps", 0) is None:
-            fill["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        fill = (
+            {"total_steps": int(self.trainer.estimated_stepping_batches)}
+            if _wants_total_steps(self.lr_scheduler)
+            else {}
+        )
         scheduler = self.lr_scheduler(optimizer, **fill)
         return {
             "optimizer": optimizer,
