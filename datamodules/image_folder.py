@@ -219,7 +219,8 @@ class ImageFolderDataModule(LightningDataModule):
         if self.hparams.balance:
             targets = torch.tensor([data.dataset.targets[i] for i in data.indices])
             weights = (1.0 / torch.bincount(targets, minlength=self.num_classes).clamp_min(1).double())[targets]
-            sampler = WeightedRandomSampler(weights, num_samples=len(targets), replacement=True)
+            generator = torch.Generator().manual_seed(self.hparams.seed)
+            sampler = WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)
             return DataLoader(data, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=drop, **common)
         return DataLoader(data, batch_size=self.hparams.batch_size, shuffle=True, drop_last=drop, **common)
 

@@ -70,10 +70,21 @@ class MNISTDataModule(InMemoryImageDataModule):
     """
 
     channels, side = 1, 28
+    raw_files = (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    )
+
+    def _raw(self) -> str:
+        return os.path.join(self.data_dir, "MNIST", "raw")
 
     def prepare_data(self) -> None:
         from torchvision.datasets import MNIST
 
+        if all(os.path.isfile(os.path.join(self._raw(), name)) for name in self.raw_files):
+            return  # present; a corrupt file is reported by ``setup`` with the way to fix it
         try:
             for train in (True, False):
                 MNIST(self.data_dir, train=train, download=True)
@@ -86,12 +97,19 @@ class MNISTDataModule(InMemoryImageDataModule):
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         from torchvision.datasets import MNIST
 
+        raw = self._raw()
+        missing = [name for name in self.raw_files if not os.path.isfile(os.path.join(raw, name))]
+        if missing:
+            raise MisconfigurationException(
+                f"MNIST not found under {raw} (missing {', '.join(missing)}). Point --data.data_dir at the folder that "
+                "holds MNIST/, or let `recipe fit` download it (prepare_data) on a machine with internet."
+            )
         try:
             dataset = MNIST(self.data_dir, train=train, download=False)
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:
             raise MisconfigurationException(
-                f"MNIST not found under {os.path.join(self.data_dir, 'MNIST', 'raw')}. Point --data.data_dir at the "
-                "folder that holds MNIST/, or let `recipe fit` download it (prepare_data) on a machine with internet."
+                f"MNIST files under {raw} are corrupt ({err}). Delete {raw} and run `recipe fit` again to "
+                "download them."
             ) from err
         return dataset.data.unsqueeze(1), dataset.targets.long()  # (N, 1, 28, 28) uint8
 
@@ -155,7 +173,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
                     entry = pickle.load(f, encoding="latin1")
                 images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # (N, C, H, W)
                 labels.extend(entry["labels"])
-            except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
                 raise MisconfigurationException(
                     f"CIFAR-10 file {path} is corrupt ({err!r}). Delete {root} and download it again."
                 ) from err

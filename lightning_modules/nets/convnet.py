@@ -1,7 +1,7 @@
 """A lean plain CNN: conv-BN-ReLU-pool stages and a linear head.
 
 Sized for MNIST-like inputs, it is the network behind the fast MNIST recipe: two 3x3 conv stages of
-(16, 32) channels with batch norm, about 20k parameters, reach 99% test accuracy in four epochs.
+(32, 64) channels (the recipe's widths) with batch norm, about 20k parameters, reach 99% test accuracy in four epochs.
 """
 
 from __future__ import annotations
