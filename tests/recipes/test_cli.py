@@ -77,6 +77,15 @@ def test_checkpoint_round_trip_gives_identical_predictions():
         assert torch.equal(last(batch), fit.model(batch))
 
 
+def test_predict_saves_class_probabilities():
+    fit = main(["fit", "--config", "vision/digits", *QUICK, *NO_LOGGER])
+    ckpt = fit.trainer.checkpoint_callback.best_model_path
+    predict = main(["predict", "--config", "vision/digits", *NO_LOGGER, "--ckpt_path", ckpt])
+    probs = torch.load(Path(predict.trainer.default_root_dir) / "predictions.pt")
+    assert probs.shape == (360, 10)  # the test split, one row of class probabilities each
+    assert torch.allclose(probs.sum(dim=1), torch.ones(360))
+
+
 def test_checkpoint_rebuilds_an_injected_torchvision_network(fake_data_root):
     args = [
         "fit",
