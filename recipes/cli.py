@@ -105,6 +105,15 @@ def _trainer_defaults(run_name: str) -> dict:
     }
 
 
+def _argument_message(text: str) -> str:
+    """The parser's nested explanation cut to its cause when it is a class that cannot be imported or built."""
+    for path, reason in reversed(re.findall(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)):
+        if not reason.startswith(("Parser key", "Does not validate")):
+            fix = "Check the spelling and that its package is installed."
+            return f"cannot use class_path '{path}': {reason.strip()}. {fix}"
+    return text
+
+
 def _user_message(err: BaseException) -> str:
     text = str(err)
     # DataLoader workers re-raise with the worker's whole traceback; the last line is the message that matters.
@@ -148,7 +157,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
             sys.argv = saved_argv
     except ArgumentError as err:
         command = argv[0] if argv and argv[0] in SUBCOMMANDS else ""
-        print(f"error: {err}\nSee `recipe {command} --help` for every option.".replace("  --", " --"), file=sys.stderr)
+        print(f"error: {_argument_message(str(err))}\nSee `recipe {command} --help` for every option.", file=sys.stderr)
         raise SystemExit(2) from None
     except (UsageError, MisconfigurationException) as err:
         print(f"error: {_user_message(err)}", file=sys.stderr)
