@@ -20,10 +20,12 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
+
+from datamodules.sampling import balanced_sampler
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
@@ -218,9 +220,7 @@ class ImageFolderDataModule(LightningDataModule):
             return DataLoader(data, batch_size=self.hparams.eval_batch_size, shuffle=False, **common)
         if self.hparams.balance:
             targets = torch.tensor([data.dataset.targets[i] for i in data.indices])
-            weights = (1.0 / torch.bincount(targets, minlength=self.num_classes).clamp_min(1).double())[targets]
-            generator = torch.Generator().manual_seed(self.hparams.seed)
-            sampler = WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)
+            sampler = balanced_sampler(targets, self.num_classes, self.hparams.seed)
             return DataLoader(data, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=drop, **common)
         return DataLoader(data, batch_size=self.hparams.batch_size, shuffle=True, drop_last=drop, **common)
 

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from datamodules.sampling import balanced_sampler
 
 
 class TensorBatches(Dataset):
@@ -171,9 +173,7 @@ class InMemoryImageDataModule(LightningDataModule):
             # the batches out between ranks.
             generator = torch.Generator().manual_seed(self.hparams.seed)
             if self.hparams.balance:
-                counts = torch.bincount(data.labels, minlength=self.num_classes).clamp_min(1)
-                weights = (1.0 / counts.double())[data.labels]
-                sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True, generator=generator)
+                sampler = balanced_sampler(data.labels, self.num_classes, self.hparams.seed)
             else:
                 sampler = RandomSampler(data, generator=generator)
             batches = BatchSampler(sampler, self.hparams.batch_size, drop_last=len(data) > self.hparams.batch_size)
