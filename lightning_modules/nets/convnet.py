@@ -1,7 +1,9 @@
-"""A lean plain CNN: conv-BN-ReLU-pool stages and a linear head.
+"""A lean plain CNN: conv-BN-ReLU-pool stages, global average pooling and a linear head.
 
-Sized for MNIST-like inputs, it is the network behind the fast MNIST recipe: two 3x3 conv stages of
-(32, 64) channels (the recipe's widths) with batch norm, about 20k parameters, reach 99% test accuracy in four epochs.
+The network behind the fast MNIST recipe: four 3x3 stages of (16, 16, 32, 64) channels pool 28x28 down to 1x1
+before the global average pool, about 26k parameters that reach 99.3% test accuracy in four epochs
+(``recipes/vision/mnist.yaml``). Two stages stop near 97%: pooling 7x7 maps, their features never see the
+whole digit.
 """
 
 from __future__ import annotations
@@ -48,8 +50,15 @@ class ConvNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(c_in, num_classes)
         self.num_features = c_in
+        self.widths = tuple(widths)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        stages = len(self.widths)
+        if min(x.shape[-2:]) < 2**stages:
+            raise ValueError(
+                f"ConvNet with {stages} stages halves the image {stages} times and needs at least "
+                f"{2**stages}x{2**stages} pixels, got {tuple(x.shape[-2:])}; use fewer widths"
+            )
         return self.features(x).mean(dim=(-2, -1))  # (B, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -105,3 +105,10 @@ def test_adapt_needs_a_linear_head_and_a_conv_stem():
     grouped = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(8, 2))
     with pytest.raises(ValueError, match="grouped"):
         adapt_classifier(grouped, num_classes=2, in_channels=3)
+
+
+def test_convnet_refuses_images_too_small_for_its_stages():
+    net = ConvNet(in_channels=1, widths=(8, 8, 8, 8, 8))  # five halvings need 32x32
+    with pytest.raises(ValueError, match="needs at least 32x32 pixels"):
+        net(torch.zeros(1, 1, 28, 28))
+    assert net(torch.zeros(1, 1, 32, 32)).shape == (1, 10)

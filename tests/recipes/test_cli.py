@@ -148,6 +148,12 @@ def test_wandb_runs_offline_with_the_nested_config_once(capsys):
     assert (Path(cli.trainer.checkpoint_callback.dirpath) / "config.yaml").is_file()
 
 
+def test_checkpointing_can_be_switched_off():
+    cli = main(["fit", "--config", "vision/digits", *QUICK, *NO_LOGGER, "--trainer.enable_checkpointing=false"])
+    assert cli.trainer.checkpoint_callback is None
+    assert not list(Path("runs").rglob("*.ckpt"))
+
+
 def test_csv_logger_replaces_wandb(tmp_path):
     logger = ["--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}", "--trainer.log_every_n_steps=1"]
     cli = main(["fit", "--config", "vision/digits", *QUICK, *logger])
