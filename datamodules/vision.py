@@ -136,7 +136,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         balance: bool = False,
         translate: int = 2,
         hflip: bool = True,
-        pin_memory: bool = True,
+        pin_memory: bool = False,
     ) -> None:
         super().__init__(
             data_dir, batch_size, eval_batch_size, val_fraction, seed, balance, translate, hflip, pin_memory

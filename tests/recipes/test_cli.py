@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,24 @@ def test_checkpointing_can_be_switched_off():
     cli = main(["fit", "--config", "vision/digits", *QUICK, *NO_LOGGER, "--trainer.enable_checkpointing=false"])
     assert cli.trainer.checkpoint_callback is None
     assert not list(Path("runs").rglob("*.ckpt"))
+
+
+def test_wandb_test_run_gets_the_confusion_matrix_image_and_table():
+    fit = main(["fit", "--config", "vision/digits", *QUICK, *NO_LOGGER])
+    test = main(["test", "--config", "vision/digits", "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
+    run_files = Path(test.trainer.logger.save_dir) / "wandb"
+    images = list(run_files.glob("offline-run-*/files/media/images/test/confusion_matrix*.png"))
+    tables = list(run_files.glob("offline-run-*/files/media/table/test/confusion_matrix_table*.table.json"))
+    assert len(images) == 1 and len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["actual", "predicted", "count"]
+    assert sum(row[2] for row in table["data"]) == 360  # every test image counted once
+
+
+def test_fast_dev_run_overlay_stacks_on_a_recipe():
+    cli = main(["fit", "--config", "vision/digits", "--config", "overlays/fast_dev_run"])
+    assert cli.trainer.fast_dev_run and cli.trainer.global_step == 1
+    assert cli.trainer.logger is None
 
 
 def test_csv_logger_replaces_wandb(tmp_path):
