@@ -10,6 +10,7 @@ translation and flip are written here as batched tensor ops.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,8 @@ class InMemoryImageDataModule(LightningDataModule):
         seed: Seed of the validation split and of the training order.
         balance: Draw training batches with a ``WeightedRandomSampler`` so every class is equally likely.
         translate: Random per-image shift of up to this many pixels during training; 0 turns it off.
+        translate_mode: What fills the uncovered border: ``constant`` zeros (black, right for digits on a black
+            background) or ``reflect`` (mirrored content, the usual choice for photos such as CIFAR-10).
         hflip: Random left-right flips during training (right for photos, wrong for digits).
         pin_memory: Pin batches for faster host-to-GPU copies.
     """
@@ -84,6 +87,7 @@ class InMemoryImageDataModule(LightningDataModule):
         translate: int = 0,
         hflip: bool = False,
         pin_memory: bool = False,
+        translate_mode: Literal["constant", "reflect"] = "constant",
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -200,7 +204,7 @@ class InMemoryImageDataModule(LightningDataModule):
         x = self._to_float(images)
         if self.trainer is not None and self.trainer.training:
             if self.hparams.translate:
-                x = random_translate(x, self.hparams.translate)
+                x = random_translate(x, self.hparams.translate, self.hparams.translate_mode)
             if self.hparams.hflip:
                 x = random_hflip(x)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from typing import Literal
 
 import numpy as np
 import torch
@@ -137,9 +138,19 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         translate: int = 2,
         hflip: bool = True,
         pin_memory: bool = False,
+        translate_mode: Literal["constant", "reflect"] = "reflect",
     ) -> None:
         super().__init__(
-            data_dir, batch_size, eval_batch_size, val_fraction, seed, balance, translate, hflip, pin_memory
+            data_dir,
+            batch_size,
+            eval_batch_size,
+            val_fraction,
+            seed,
+            balance,
+            translate,
+            hflip,
+            pin_memory,
+            translate_mode,
         )
 
     def _files(self, train: bool) -> list[str]:

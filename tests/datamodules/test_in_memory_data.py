@@ -260,3 +260,15 @@ def test_without_balance_the_imbalance_stays():
 def test_invalid_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError):
         IndexedData(**kwargs)
+
+
+def test_reflect_translation_fills_the_border_with_image_content():
+    torch.manual_seed(0)
+    images = torch.ones(64, 3, 8, 8)
+    reflected = random_translate(images, 2, mode="reflect")
+    assert torch.equal(reflected, images)  # a constant image mirrors into itself: no black border
+    zero_filled = random_translate(images, 2)
+    assert (zero_filled == 0).any()  # most shifts uncover a zero border
+    gradient = torch.arange(8.0).expand(1, 1, 8, 8).repeat(32, 1, 1, 1)  # columns 0..7
+    for image in random_translate(gradient, 2, mode="reflect"):
+        assert set(image.unique().tolist()) <= set(range(8))  # only values from the image itself
