@@ -63,6 +63,10 @@ class RecipeCLI(LightningCLI):
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+DESCRIPTION = (
+    "Run a lightning-recipes recipe: `recipe fit --config vision/digits`. `recipe list` prints the packaged "
+    "recipes; `recipe fit --help` documents every option."
+)
 
 
 class UsageError(Exception):
@@ -158,14 +162,24 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
                 save_config_callback=RecipeConfigCallback,
                 trainer_defaults=_trainer_defaults(_run_name(argv, recipe)),
                 # Parse errors raise instead of printing the whole usage, so they can be reported in a few lines.
-                parser_kwargs={"exit_on_error": False, **{cmd: {"exit_on_error": False} for cmd in SUBCOMMANDS}},
+                parser_kwargs={
+                    "exit_on_error": False,
+                    "description": DESCRIPTION,
+                    **{cmd: {"exit_on_error": False} for cmd in SUBCOMMANDS},
+                },
                 run=run,
             )
         finally:
             sys.argv = saved_argv
     except ArgumentError as err:
-        command = argv[0] if argv and argv[0] in SUBCOMMANDS else ""
-        print(f"error: {_argument_message(str(err))}\nSee `recipe {command} --help` for every option.", file=sys.stderr)
+        command = " ".join(["recipe", *argv[:1]]) if argv and argv[0] in SUBCOMMANDS else "recipe"
+        message = _argument_message(str(err))
+        if "required" in message and ".model" in message:
+            message += " (give a recipe, e.g. --config vision/digits, or --model and --data class paths)"
+        print(
+            f"error: {message}\nSee `{command} --help` for every option, `recipe list` for the recipes.",
+            file=sys.stderr,
+        )
         raise SystemExit(2) from None
     except (UsageError, MisconfigurationException) as err:
         print(f"error: {_user_message(err)}", file=sys.stderr)

@@ -199,6 +199,12 @@ def test_missing_config_names_the_fix(capsys):
     assert "Traceback" not in err
 
 
+def test_no_recipe_and_no_model_says_what_to_give(capsys):
+    err = _error(capsys, ["fit"])
+    assert "--config vision/digits" in err and "recipe list" in err
+    assert len(err.strip().splitlines()) == 2
+
+
 def test_unknown_class_path_is_reported_briefly(capsys):
     err = _error(capsys, ["fit", "--config", "vision/digits", "--model=lightning_modules.vision.NoSuchModel"])
     assert "cannot use class_path 'lightning_modules.vision.NoSuchModel'" in err
