@@ -41,11 +41,21 @@ class DigitsDataModule(InMemoryImageDataModule):
         hflip: bool = False,
         pin_memory: bool = False,
         data_dir: str = "data",
+        translate_mode: Literal["constant", "reflect"] = "constant",
     ) -> None:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         super().__init__(
-            data_dir, batch_size, eval_batch_size, val_fraction, seed, balance, translate, hflip, pin_memory
+            data_dir,
+            batch_size,
+            eval_batch_size,
+            val_fraction,
+            seed,
+            balance,
+            translate,
+            hflip,
+            pin_memory,
+            translate_mode,
         )
         self.test_fraction = test_fraction
 

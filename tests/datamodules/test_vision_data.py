@@ -198,3 +198,14 @@ def test_cifar10_failed_download_says_what_to_do(tmp_path, no_network):
     assert "downloading it failed" in message and "network disabled in tests" in message
     assert os.path.join(str(tmp_path), "cifar-10-batches-py") in message and "--data.data_dir" in message
     assert len(no_network) == 1
+
+
+@pytest.mark.parametrize("cls", [DigitsDataModule, MNISTDataModule, CIFAR10DataModule], ids=lambda c: c.__name__)
+def test_every_in_memory_datamodule_keeps_all_base_options(cls):
+    import inspect
+
+    from datamodules.in_memory import InMemoryImageDataModule
+
+    base = set(inspect.signature(InMemoryImageDataModule.__init__).parameters) - {"self"}
+    assert base <= set(cls().hparams), f"{cls.__name__} drops {sorted(base - set(cls().hparams))}"
+    assert base <= set(inspect.signature(cls.__init__).parameters)  # and the CLI can set each of them
