@@ -207,7 +207,9 @@ class InMemoryImageDataModule(LightningDataModule):
                 x = random_translate(x, self.hparams.translate, self.hparams.translate_mode)
             if self.hparams.hflip:
                 x = random_hflip(x)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if self.mean.device != x.device:  # moved once, not copied host-to-device on every batch
+            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+        x = (x - self.mean) / self.std
         return x, labels
 
     def state_dict(self) -> dict:
