@@ -1,4 +1,4 @@
-"""Send a matplotlib figure (and optionally a table) to whatever loggers the trainer has.
+"""Send a matplotlib figure (and optionally a table) to every logger the trainer has; used by modules and callbacks.
 
 W&B gets an image and a table, TensorBoard an image, and every run also keeps a PNG under the trainer's log
 directory so a run with ``--trainer.logger=false`` or a CSV logger still has its pictures.
