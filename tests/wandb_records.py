@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32768
@@ -58,3 +59,39 @@ def read_config(path: Path) -> dict:
                 target = target.setdefault(key, {})
             target[keys[-1]] = json.loads(item.value_json)
     return config
+
+
+def record_kinds(path: Path) -> list[str]:
+    """The record types in the file, in order (for failure messages)."""
+    from wandb.proto import wandb_internal_pb2
+
+    kinds = []
+    for raw in records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kinds.append(record.WhichOneof("record_type"))
+    return kinds
+
+
+def wait_for_config(path: Path, key: str, timeout: float = 20.0) -> dict:
+    """``read_config`` once ``key`` has reached the file: wandb-core's writer may still be flushing when
+    ``run.finish()`` returns on a loaded machine (seen once in CI), so poll rather than read once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        config = read_config(path)
+        if key in config or time.monotonic() > deadline:
+            assert key in config, f"no {key!r} in the W&B config; records: {record_kinds(path)}"
+            return config
+        time.sleep(0.5)
+
+
+def run_name(path: Path) -> str:
+    """The display name stored in the run record."""
+    from wandb.proto import wandb_internal_pb2
+
+    for raw in records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "run":
+            return record.run.display_name
+    raise AssertionError(f"{path} has no run record")
