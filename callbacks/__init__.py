@@ -1,0 +1,5 @@
+"""Training callbacks that work on any LightningModule: weight averaging, snapshot ensembles, LR range test, pruning."""
+
+from callbacks.swa import SWA
+
+__all__ = ["SWA"]

@@ -1,0 +1,340 @@
+"""Stochastic weight averaging (SWA) and exponential moving averages (EMA) of a model's weights."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import Tensor, nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
+from typing_extensions import override
+
+
+class SWA(Callback):
+    r"""Average the weights visited late in training, and evaluate and checkpoint the average.
+
+    SWA (`Izmailov et al. 2018 <https://arxiv.org/abs/1803.05407>`_) keeps the equal-weight running mean
+    :math:`\bar w_n = \bar w_{n-1} + (w_n - \bar w_{n-1}) / n` of the weights at its update points (every epoch end
+    by default), while the learning rate anneals from its value at the start of averaging to a constant ``swa_lr``
+    (:class:`torch.optim.swa_utils.SWALR`'s schedule, counted in optimizer steps). In ``"ema"`` mode the average is
+    :math:`\bar w_n = d\,\bar w_{n-1} + (1 - d)\,w_n` with :math:`\bar w_1 = w_1`. BatchNorm statistics are then
+    recomputed for the averaged weights with :func:`torch.optim.swa_utils.update_bn` over the training data.
+
+    Why not Lightning's own: ``StochasticWeightAveraging`` validates the raw weights, averages only at epoch starts,
+    replaces only epoch-interval schedulers, and pairs parameters by position; ``WeightAveraging`` deep-copies the
+    whole LightningModule, pairs by position, validates its average before any update has happened (the initial
+    weights), keeps the average in the model's dtype and never recomputes BatchNorm statistics. Here the average is
+    a dict of fp32 tensors keyed by parameter/buffer name, the averaging arithmetic is torch's
+    (``get_swa_multi_avg_fn`` / ``get_ema_multi_avg_fn``), and:
+
+    * validation and every checkpoint's ``state_dict`` hold the averaged weights once one update has happened, so the
+      best and last checkpoints are SWA models that ``recipe test`` or ``load_from_checkpoint`` use as they are;
+    * the live (raw) weights travel in this callback's checkpoint state, so a resumed run continues the raw
+      trajectory and the same average; after ``fit`` the module holds the average;
+    * the learning rate is written before each optimizer step as a pure function of the steps taken since
+      averaging began, so it overrides any scheduler, step-wise ones such as OneCycle included, and survives resume.
+
+    Args:
+        swa_start: When averaging begins. An ``int`` is a 0-based epoch: its end is the first update. A ``float`` in
+            ``(0, 1)`` is a fraction of the run's optimizer steps (``trainer.estimated_stepping_batches``, so it
+            respects ``max_steps`` and gradient accumulation).
+        swa_lr: Learning rate of the averaging phase, one value for every parameter group, or ``None`` to leave the
+            module's own schedule in charge (usual with EMA).
+        annealing_epochs: Epochs (may be fractional) over which the learning rate moves from its value at the start
+            of averaging to ``swa_lr``.
+        annealing_strategy: ``"cos"`` or ``"linear"`` annealing, as in ``SWALR``.
+        mode: ``"swa"`` for the equal-weight mean, ``"ema"`` for an exponential moving average.
+        ema_decay: Decay :math:`d` of the EMA, in ``[0, 1)``.
+        update_every_n_steps: Update every this many optimizer steps after the start. ``None``: at the end of every
+            epoch in ``"swa"`` mode (the paper's choice), after every step in ``"ema"`` mode.
+        update_bn: Recompute BatchNorm running statistics for the averaged weights over one pass of the training
+            data (without augmentation) before they are validated, checkpointed or handed back.
+        input_key: Key of the inputs in dict batches, used for the BatchNorm pass. Tuple/list batches use index 0.
+        device: Where the average lives: ``None`` for the model's device, or e.g. ``"cpu"`` to spare GPU memory.
+    """
+
+    def __init__(
+        self,
+        swa_start: int | float = 0.75,
+        swa_lr: float | None = None,
+        annealing_epochs: float = 1.0,
+        annealing_strategy: Literal["cos", "linear"] = "cos",
+        mode: Literal["swa", "ema"] = "swa",
+        ema_decay: float = 0.999,
+        update_every_n_steps: int | None = None,
+        update_bn: bool = True,
+        input_key: str = "x",
+        device: str | None = None,
+    ) -> None:
+        if isinstance(swa_start, bool) or not isinstance(swa_start, (int, float)):
+            raise MisconfigurationException(
+                f"swa_start must be an epoch (int) or a fraction (float), got {swa_start!r}."
+            )
+        if isinstance(swa_start, int) and swa_start < 0:
+            raise MisconfigurationException(f"swa_start={swa_start} is a negative epoch; give an epoch >= 0.")
+        if isinstance(swa_start, float) and not 0.0 <= swa_start < 1.0:
+            raise MisconfigurationException(
+                f"swa_start={swa_start} is not a fraction of training in [0, 1); give e.g. 0.75, or an int epoch."
+            )
+        if swa_lr is not None and not swa_lr > 0:
+            raise MisconfigurationException(f"swa_lr must be a positive learning rate or None, got {swa_lr}.")
+        if not annealing_epochs >= 0:
+            raise MisconfigurationException(f"annealing_epochs must be >= 0, got {annealing_epochs}.")
+        if annealing_strategy not in ("cos", "linear"):
+            raise MisconfigurationException(
+                f"annealing_strategy must be 'cos' or 'linear', got {annealing_strategy!r}."
+            )
+        if mode not in ("swa", "ema"):
+            raise MisconfigurationException(f"mode must be 'swa' or 'ema', got {mode!r}.")
+        if not 0.0 <= ema_decay < 1.0:
+            raise MisconfigurationException(f"ema_decay must be in [0, 1), got {ema_decay}; 0.999 is usual.")
+        if update_every_n_steps is not None and update_every_n_steps < 1:
+            raise MisconfigurationException(f"update_every_n_steps must be >= 1 or None, got {update_every_n_steps}.")
+        self.swa_start = swa_start
+        self.swa_lr = swa_lr
+        self.annealing_epochs = annealing_epochs
+        self.annealing_strategy = annealing_strategy
+        self.mode = mode
+        self.ema_decay = ema_decay
+        self.update_every_n_steps = update_every_n_steps or (1 if mode == "ema" else None)
+        self.update_bn = update_bn
+        self.input_key = input_key
+        self.device = torch.device(device) if device is not None else None
+        self._avg_fn = get_ema_multi_avg_fn(ema_decay) if mode == "ema" else get_swa_multi_avg_fn()
+
+        self._average: dict[str, Tensor] = {}  # name -> fp32 average of a parameter or floating-point buffer
+        self._n_averaged = 0
+        self._start_step: int | None = None  # optimizer step at which the averaging phase began
+        self._last_update_step = -1
+        self._start_lrs: list[list[float]] | None = None  # per optimizer, per group: the lr when averaging began
+        self._anneal_steps = 0
+        self._eval_state: dict[str, Tensor] | None = None  # average with recomputed BN stats, for _n_averaged
+        self._eval_state_n = -1
+        self._live_backup: dict[str, Tensor] | None = None  # raw weights while the average is swapped in
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode, swa_start=self.swa_start)
+
+    @property
+    def n_averaged(self) -> int:
+        """How many weight vectors the average holds."""
+        return self._n_averaged
+
+    @property
+    def average(self) -> dict[str, Tensor]:
+        """The fp32 average, keyed like the module's ``state_dict`` (parameters and floating-point buffers)."""
+        return dict(self._average)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            raise MisconfigurationException(
+                "SWA needs the full weights on every rank; it does not support sharded strategies (FSDP, DeepSpeed). "
+                "Use --trainer.strategy=ddp or drop the SWA callback."
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps_per_epoch = trainer.num_training_batches / trainer.accumulate_grad_batches
+        if not math.isfinite(steps_per_epoch):  # an iterable dataset of unknown length
+            steps_per_epoch = trainer.estimated_stepping_batches / max(trainer.max_epochs or 1, 1)
+        self._anneal_steps = max(1, round(self.annealing_epochs * steps_per_epoch)) if self.annealing_epochs else 0
+        if self._start_step is None and isinstance(self.swa_start, float):
+            self._start_step = int(self.swa_start * trainer.estimated_stepping_batches)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start_step is None and isinstance(self.swa_start, int) and trainer.current_epoch >= self.swa_start:
+            self._start_step = trainer.global_step
+
+    def _in_phase(self, step: int) -> bool:
+        return self._start_step is not None and step >= self._start_step
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.swa_lr is None or not self._in_phase(trainer.global_step):
+            return
+        if self._start_lrs is None:
+            self._start_lrs = [[group["lr"] for group in opt.param_groups] for opt in trainer.optimizers]
+            rank_zero_info(f"SWA: averaging from step {trainer.global_step}, lr annealing to {self.swa_lr}.")
+        # Steps taken in the phase, +1: the lr used by the step about to happen, as SWALR after its first step().
+        t = (
+            1.0
+            if self._anneal_steps == 0
+            else min(1.0, (trainer.global_step - self._start_step + 1) / self._anneal_steps)
+        )
+        keep = 1.0 - t if self.annealing_strategy == "linear" else (1.0 + math.cos(math.pi * t)) / 2.0
+        for optimizer, start_lrs in zip(trainer.optimizers, self._start_lrs, strict=True):
+            for group, start_lr in zip(optimizer.param_groups, start_lrs, strict=True):
+                group["lr"] = self.swa_lr + (start_lr - self.swa_lr) * keep
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if not self._in_phase(step) or step <= max(self._start_step, self._last_update_step):
+            return  # no optimizer step since the last update (gradient accumulation), or not averaging yet
+        if self.update_every_n_steps is not None:
+            due = (step - self._start_step) % self.update_every_n_steps == 0
+        else:
+            # The epoch's last batch, before its validation runs, so validation sees this epoch's average.
+            epoch_loop = trainer.fit_loop.epoch_loop
+            due = epoch_loop.batch_progress.is_last_batch or (trainer.max_steps != -1 and step >= trainer.max_steps)
+        if due:
+            self._update(pl_module, step)
+
+    def _named_state(self, pl_module: nn.Module) -> Iterator[tuple[str, Tensor]]:
+        yield from pl_module.named_parameters()
+        yield from pl_module.named_buffers()
+
+    @torch.no_grad()
+    def _update(self, pl_module: pl.LightningModule, step: int) -> None:
+        live = {name: t for name, t in self._named_state(pl_module) if t.is_floating_point()}
+        if self._n_averaged == 0:
+            device = self.device
+            self._average = {
+                name: t.detach().to(device or t.device, torch.float32, copy=True) for name, t in live.items()
+            }
+        else:
+            if live.keys() != self._average.keys():
+                raise MisconfigurationException(
+                    "SWA: the module's parameters changed names since averaging began "
+                    f"({sorted(live.keys() ^ self._average.keys())[:5]}). Keep the architecture fixed while averaging."
+                )
+            names = list(self._average)
+            averaged = [self._average[name] for name in names]
+            current = [live[name].detach().to(averaged[i].device, torch.float32) for i, name in enumerate(names)]
+            self._avg_fn(averaged, current, self._n_averaged)
+        self._n_averaged += 1
+        self._last_update_step = step
+
+    def _bn_batches(self, trainer: pl.Trainer) -> Iterator[Tensor]:
+        # Through the strategy, so the DataModule's device-side transforms (normalisation) apply; trainer.training is
+        # off here (validation or teardown), so training-only augmentation does not.
+        for batch in trainer.train_dataloader:
+            batch = trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device(batch))
+            if isinstance(batch, dict):
+                if self.input_key not in batch:
+                    raise MisconfigurationException(
+                        f"SWA's BatchNorm pass needs the inputs of dict batches under input_key={self.input_key!r}; "
+                        f"this batch has keys {sorted(batch)}. Set input_key, or update_bn=false."
+                    )
+                yield batch[self.input_key]
+            else:
+                yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+    @torch.no_grad()
+    def _evaluation_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        """The average (cast to the module's dtypes), with BatchNorm statistics recomputed; cached per update."""
+        if self._eval_state is not None and self._eval_state_n == self._n_averaged:
+            return self._eval_state
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in pl_module.modules())
+        live = dict(self._named_state(pl_module))
+        state = {name: self._average[name].to(t.device, t.dtype) for name, t in live.items() if name in self._average}
+        if self.update_bn and has_bn and trainer.train_dataloader is not None:
+            backup = {name: t.detach().clone() for name, t in live.items()}
+            try:
+                self._load_into(pl_module, state)
+                with trainer.precision_plugin.forward_context():
+                    update_bn(self._bn_batches(trainer), pl_module)
+                state = {name: t.detach().clone() for name, t in self._named_state(pl_module) if name in state}
+            finally:
+                self._load_into(pl_module, backup)
+        self._eval_state, self._eval_state_n = state, self._n_averaged
+        return state
+
+    @torch.no_grad()
+    def _load_into(self, pl_module: nn.Module, state: dict[str, Tensor]) -> None:
+        for name, tensor in self._named_state(pl_module):
+            if name in state:
+                tensor.copy_(state[name])
+
+    def _swap_in_average(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self._evaluation_state(trainer, pl_module)
+        self._live_backup = {name: t.detach().clone() for name, t in self._named_state(pl_module) if name in state}
+        self._load_into(pl_module, state)
+
+    def _restore_live(self, pl_module: pl.LightningModule) -> None:
+        if self._live_backup is not None:
+            self._load_into(pl_module, self._live_backup)
+            self._live_backup = None
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._n_averaged > 0:
+            self._swap_in_average(trainer, pl_module)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_live(pl_module)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_live(pl_module)  # never leave the average where the raw weights belong
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        if (
+            self.update_every_n_steps is None
+            and self._in_phase(step)
+            and step > max(self._start_step, self._last_update_step)
+        ):
+            self._update(pl_module, step)  # training stopped between update points
+        if self._n_averaged > 0:
+            self._load_into(pl_module, self._evaluation_state(trainer, pl_module))
+            rank_zero_info(f"SWA: the module now holds the {self.mode.upper()} of {self._n_averaged} weight vectors.")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "n_averaged": self._n_averaged,
+            "start_step": self._start_step,
+            "last_update_step": self._last_update_step,
+            "start_lrs": self._start_lrs,
+            "average": {name: t.cpu() for name, t in self._average.items()},
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._n_averaged = state_dict["n_averaged"]
+        self._start_step = state_dict["start_step"]
+        self._last_update_step = state_dict["last_update_step"]
+        self._start_lrs = state_dict["start_lrs"]
+        self._average = {name: t.to(self.device) if self.device else t for name, t in state_dict["average"].items()}
+        self._eval_state = None
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._n_averaged == 0:
+            return
+        # Checkpoints are evaluated, reloaded and exported as the average; the raw weights ride along for resuming.
+        live = checkpoint["state_dict"]
+        if self._live_backup is not None:  # saved mid-validation, while the average is swapped in
+            live = {**live, **{name: t.clone() for name, t in self._live_backup.items()}}
+        evaluation = self._evaluation_state(trainer, pl_module)
+        checkpoint["callbacks"][self.state_key]["live_state_dict"] = live
+        checkpoint["state_dict"] = {name: evaluation.get(name, t) for name, t in live.items()}
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        state = checkpoint.get("callbacks", {}).get(self.state_key, {})
+        if trainer.state.fn == "fit" and state.get("live_state_dict") is not None:
+            # Lightning has just loaded the average into the module; training resumes from the raw weights.
+            pl_module.load_state_dict(state["live_state_dict"])

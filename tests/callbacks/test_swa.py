@@ -1,0 +1,315 @@
+"""SWA/EMA proven numerically: the average, its count, the EMA closed form, BatchNorm statistics, lr, resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.optim.swa_utils import update_bn
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks.swa import SWA
+
+BATCHES_PER_EPOCH = 4
+
+
+class TinyBNNet(LightningModule):
+    """A linear layer, BatchNorm and a head: enough to have parameters and running statistics to average."""
+
+    def __init__(self, lr: float = 0.1, dict_batches: bool = False, scheduler: str | None = None) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        self.lr, self.dict_batches, self.scheduler = lr, dict_batches, scheduler
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def _loss(self, batch):
+        x, y = (batch["x"], batch["y"]) if self.dict_batches else batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def training_step(self, batch, batch_idx):
+        return self._loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self._loss(batch))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        if self.scheduler != "onecycle":
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.lr, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class DictBatches(TensorDataset):
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return {"x": x, "y": y}
+
+
+def loaders(dict_batches: bool = False) -> tuple[DataLoader, DataLoader]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCHES_PER_EPOCH * 8, 6, generator=generator) * 3 + 1
+    y = torch.randint(0, 3, (len(x),), generator=generator)
+    dataset = (DictBatches if dict_batches else TensorDataset)(x, y)
+    return DataLoader(dataset, batch_size=8), DataLoader(dataset, batch_size=16)  # no shuffling: deterministic
+
+
+class Recorder(Callback):
+    """Records the live weights after every optimizer step and the lr each step used."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+        self.lrs: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights[trainer.global_step] = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+def trainer(callbacks, max_epochs=6, **kwargs) -> Trainer:
+    options = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    options.update(kwargs)
+    return Trainer(max_epochs=max_epochs, callbacks=callbacks, **options)
+
+
+def fit(swa: SWA, max_epochs=6, model=None, recorder=None, **kwargs):
+    seed_everything(0)
+    model = model or TinyBNNet()
+    recorder = recorder or Recorder()
+    train, val = loaders(getattr(model, "dict_batches", False))
+    # Recorder first: at the same hook it sees the weights the SWA callback averages.
+    run = trainer([recorder, swa], max_epochs=max_epochs, **kwargs)
+    run.fit(model, train, val)
+    return model, recorder, run
+
+
+def test_average_is_the_mean_of_the_live_weights_at_each_epoch_end():
+    swa = SWA(swa_start=2, swa_lr=0.05, update_bn=False)
+    model, recorder, _ = fit(swa, max_epochs=6)
+    update_steps = [BATCHES_PER_EPOCH * (epoch + 1) for epoch in range(2, 6)]  # ends of epochs 2..5
+    assert swa.n_averaged == len(update_steps) == 4
+    for name, average in swa.average.items():
+        if name in recorder.weights[update_steps[0]]:
+            expected = torch.stack([recorder.weights[s][name] for s in update_steps]).mean(0)
+            torch.testing.assert_close(average, expected, atol=1e-6, rtol=0)
+            # The module ends as the average (BN statistics were averaged too: update_bn=False).
+            torch.testing.assert_close(model.state_dict()[name], expected, atol=1e-6, rtol=0)
+    assert all(t.dtype == torch.float32 for t in swa.average.values())
+
+
+def onecycle_lrs(max_lr: float, total: int) -> list[float]:
+    """The lr OneCycleLR gives each step of a ``total``-step run."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=max_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_fractional_start_with_step_updates_onecycle_and_gradient_accumulation():
+    swa = SWA(swa_start=0.5, swa_lr=0.02, annealing_epochs=1.5, update_every_n_steps=1, update_bn=False)
+    recorder = Recorder()
+    # The recorder after SWA: it reads the lr each step really used, after SWA has written it.
+    seed_everything(0)
+    model = TinyBNNet(scheduler="onecycle")
+    train, val = loaders()
+    run = trainer([swa, recorder], max_epochs=4, accumulate_grad_batches=2)
+    run.fit(model, train, val)
+    steps_per_epoch = BATCHES_PER_EPOCH // 2
+    total = steps_per_epoch * 4
+    start = int(0.5 * total)
+    assert run.global_step == total
+    update_steps = list(range(start + 1, total + 1))
+    assert swa.n_averaged == len(update_steps)
+    for name, average in swa.average.items():
+        if name in recorder.weights[total]:
+            expected = torch.stack([recorder.weights[s][name] for s in update_steps]).mean(0)
+            torch.testing.assert_close(average, expected, atol=1e-6, rtol=0)
+    # Before the start OneCycle rules; from it, SWALR-style cosine annealing from OneCycle's lr at the start to
+    # swa_lr over 1.5 epochs = 3 optimizer steps, then constant.
+    onecycle = onecycle_lrs(0.1, total)
+    anneal = round(1.5 * steps_per_epoch)
+    for step in range(total):
+        if step < start:
+            expected = onecycle[step]
+        else:
+            t = min(1.0, (step - start + 1) / anneal)
+            expected = 0.02 + (onecycle[start] - 0.02) * (1 + math.cos(math.pi * t)) / 2
+        assert recorder.lrs[step] == pytest.approx(expected, rel=1e-9), step
+    assert recorder.lrs[total - 1] == pytest.approx(0.02)
+
+
+def test_ema_matches_its_closed_form():
+    decay = 0.8
+    swa = SWA(swa_start=1, mode="ema", ema_decay=decay, update_bn=False)
+    _, recorder, run = fit(swa, max_epochs=3)
+    steps = list(range(BATCHES_PER_EPOCH + 1, run.global_step + 1))  # every step from epoch 1 on
+    assert swa.n_averaged == len(steps)
+    for name, average in swa.average.items():
+        if name not in recorder.weights[steps[0]]:
+            continue
+        w = [recorder.weights[s][name].double() for s in steps]
+        n = len(w)
+        # a_1 = w_1, a_k = d a_{k-1} + (1 - d) w_k  =>  a_n = d^(n-1) w_1 + sum_{k>=2} (1 - d) d^(n-k) w_k
+        expected = decay ** (n - 1) * w[0] + sum((1 - decay) * decay ** (n - k) * w[k - 1] for k in range(2, n + 1))
+        torch.testing.assert_close(average.double(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dict_batches", [False, True])
+def test_batchnorm_statistics_equal_update_bn_over_the_training_data(dict_batches):
+    swa = SWA(swa_start=2, swa_lr=0.05)
+    model, _, _ = fit(swa, max_epochs=4, model=TinyBNNet(dict_batches=dict_batches))
+    reference = TinyBNNet()
+    reference.load_state_dict({**reference.state_dict(), **swa.average}, strict=True)
+    train, _ = loaders(dict_batches)
+    update_bn((batch["x"] if dict_batches else batch[0] for batch in train), reference)
+    bn, ref_bn = model.body[1], reference.body[1]
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var, atol=1e-6, rtol=0)
+    # And they are not just the averaged running statistics of training.
+    assert not torch.allclose(bn.running_var, swa.average["body.1.running_var"], atol=1e-4)
+
+
+class SeesValidationWeights(Callback):
+    def __init__(self) -> None:
+        self.validated: list[dict[str, torch.Tensor]] = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0:
+            self.validated.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+
+def test_validation_and_checkpoints_use_the_average_and_the_live_weights_come_back(tmp_path):
+    seed_everything(0)
+    model, recorder, seen = TinyBNNet(), Recorder(), SeesValidationWeights()
+    swa = SWA(swa_start=1, swa_lr=0.05, update_bn=False)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=-1, every_n_epochs=1)
+    train, val = loaders()
+    run = trainer([recorder, swa, seen, checkpoint], max_epochs=3, enable_checkpointing=True)
+    run.fit(model, train, val)
+    end_of = {epoch: BATCHES_PER_EPOCH * (epoch + 1) for epoch in range(3)}
+    # Epoch 0 validates the live weights (nothing averaged yet), epoch 2 the mean of epochs 1 and 2.
+    torch.testing.assert_close(seen.validated[0]["body.0.weight"], recorder.weights[end_of[0]]["body.0.weight"])
+    mean = (recorder.weights[end_of[1]]["body.0.weight"] + recorder.weights[end_of[2]]["body.0.weight"]) / 2
+    torch.testing.assert_close(seen.validated[2]["body.0.weight"], mean, atol=1e-6, rtol=0)
+    saved = torch.load(tmp_path / "epoch=2-step=12.ckpt", weights_only=False)
+    torch.testing.assert_close(saved["state_dict"]["body.0.weight"], mean, atol=1e-6, rtol=0)
+    live = saved["callbacks"][swa.state_key]["live_state_dict"]["body.0.weight"]
+    torch.testing.assert_close(live, recorder.weights[end_of[2]]["body.0.weight"])
+    # A checkpoint reloads into a plain module as the SWA model.
+    plain = TinyBNNet()
+    plain.load_state_dict(saved["state_dict"], strict=True)
+
+
+@pytest.mark.parametrize("stop_epoch", [1, 2, 4], ids=["before-start", "at-start", "after-start"])
+def test_kill_and_resume_gives_the_same_average(tmp_path, stop_epoch):
+    def swa():
+        return SWA(swa_start=2, swa_lr=0.05)
+
+    reference, _, _ = fit(swa_ref := swa(), max_epochs=6)
+    seed_everything(0)
+    train, val = loaders()
+    first = trainer(
+        [swa(), ModelCheckpoint(dirpath=tmp_path, save_last=True)], max_epochs=stop_epoch, enable_checkpointing=True
+    )
+    first.fit(TinyBNNet(), train, val)
+    resumed_swa = swa()
+    resumed = TinyBNNet()
+    second = trainer([resumed_swa, ModelCheckpoint(dirpath=tmp_path / "2")], max_epochs=6, enable_checkpointing=True)
+    second.fit(resumed, train, val, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert resumed_swa.n_averaged == swa_ref.n_averaged == 4
+    for name, average in swa_ref.average.items():
+        torch.testing.assert_close(resumed_swa.average[name], average, atol=1e-6, rtol=0)
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-6, rtol=0)
+
+
+class StopAfterEpoch(Callback):
+    """What EarlyStopping does when its metric stalls: ask the trainer to stop after this epoch's validation."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def test_early_stopping_hands_back_the_average_of_the_epochs_run():
+    swa = SWA(swa_start=1, swa_lr=0.05, update_bn=False)
+    recorder = Recorder()
+    seed_everything(0)
+    model = TinyBNNet()
+    train, val = loaders()
+    trainer([recorder, swa, StopAfterEpoch(3)], max_epochs=10).fit(model, train, val)
+    ends = [BATCHES_PER_EPOCH * (epoch + 1) for epoch in (1, 2, 3)]
+    assert swa.n_averaged == 3
+    expected = torch.stack([recorder.weights[s]["body.0.weight"] for s in ends]).mean(0)
+    torch.testing.assert_close(model.body[0].weight, expected, atol=1e-6, rtol=0)
+
+
+def test_max_steps_mid_epoch_still_averages_where_training_stopped():
+    swa = SWA(swa_start=0.5, swa_lr=0.05, update_bn=False)
+    _, recorder, run = fit(swa, max_epochs=-1, max_steps=10)
+    assert run.global_step == 10
+    # start = step 5 (half of 10): updates at the end of epoch 1 (step 8) and where training stopped (step 10).
+    assert swa.n_averaged == 2
+    expected = (recorder.weights[8]["body.0.weight"] + recorder.weights[10]["body.0.weight"]) / 2
+    torch.testing.assert_close(swa.average["body.0.weight"], expected, atol=1e-6, rtol=0)
+
+
+def test_average_stays_float32_under_bf16_training():
+    swa = SWA(swa_start=1, swa_lr=0.05)
+    model, _, _ = fit(swa, max_epochs=2, model=TinyBNNet(), precision="bf16-true")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert {t.dtype for t in swa.average.values()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"swa_start": 1.5}, "fraction"),
+        ({"swa_start": -1}, "negative"),
+        ({"swa_lr": 0.0}, "positive"),
+        ({"mode": "mean"}, "mode"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"update_every_n_steps": 0}, "update_every_n_steps"),
+    ],
+)
+def test_bad_arguments_say_what_to_fix(kwargs, message):
+    with pytest.raises(MisconfigurationException, match=message):
+        SWA(**kwargs)
+
+
+def test_state_key_lets_two_copies_coexist():
+    assert SWA(mode="swa").state_key != SWA(mode="ema").state_key
+
+
+def test_digits_swa_recipe_smoke(tmp_path):
+    from recipes.cli import main
+
+    recipe = Path(__file__).parents[2] / "recipes/vision/digits_swa.yaml"
+    cli = main(["fit", "--config", str(recipe), "--trainer.max_epochs=2", "--trainer.logger=false"])
+    swa = next(c for c in cli.trainer.callbacks if isinstance(c, SWA))
+    assert swa.n_averaged >= 1
