@@ -12,7 +12,6 @@ import os
 import statistics
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
 
@@ -33,7 +32,7 @@ def run(seed: int) -> dict[str, dict[str, float]]:
     fit = main(["fit", "--config", "vision/digits_swa", f"--seed_everything={seed}", *QUIET])
     swa = next(c for c in fit.trainer.callbacks if isinstance(c, SWA))
     results["swa"] = evaluate(fit)
-    last = torch.load(Path(fit.trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
+    last = torch.load(fit.trainer.checkpoint_callback.last_model_path, weights_only=False)
     fit.model.load_state_dict(last["callbacks"][swa.state_key]["live_state_dict"])
     results["last iterate"] = evaluate(fit)
     baseline = main(["fit", "--config", "vision/digits", f"--seed_everything={seed}", *QUIET])
