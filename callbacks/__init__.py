@@ -1,5 +1,6 @@
 """Training callbacks that work on any LightningModule: weight averaging, snapshot ensembles, LR range test, pruning."""
 
+from callbacks.pruning import Pruning
 from callbacks.swa import SWA
 
-__all__ = ["SWA"]
+__all__ = ["SWA", "Pruning"]
