@@ -1,6 +1,7 @@
 """Training callbacks that work on any LightningModule: weight averaging, snapshot ensembles, LR range test, pruning."""
 
+from callbacks.lr_finder import LRFinder
 from callbacks.pruning import Pruning
 from callbacks.swa import SWA
 
-__all__ = ["SWA", "Pruning"]
+__all__ = ["SWA", "LRFinder", "Pruning"]
