@@ -2,6 +2,7 @@
 
 from callbacks.lr_finder import LRFinder
 from callbacks.pruning import Pruning
+from callbacks.snapshot_ensemble import SnapshotEnsemble
 from callbacks.swa import SWA
 
-__all__ = ["SWA", "LRFinder", "Pruning"]
+__all__ = ["SWA", "SnapshotEnsemble", "LRFinder", "Pruning"]

@@ -1,0 +1,394 @@
+"""Snapshot ensembles: one run with a restarting cosine learning rate yields an ensemble of its cycle-end weights."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch.func import functional_call
+from torchmetrics import Metric
+from torchmetrics.aggregation import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+
+class SnapshotEnsemble(Callback):
+    r"""Train once with a cyclic cosine learning rate and evaluate the ensemble of the weights at each cycle's end.
+
+    Snapshot Ensembles (Huang et al. 2017, "Snapshot Ensembles: Train 1, get M for free",
+    https://arxiv.org/abs/1704.00109). The run's :math:`T` optimizer steps (``trainer.estimated_stepping_batches``,
+    so ``max_steps`` and gradient accumulation count) are split into :math:`M` cycles; at step :math:`t = 1..T`
+    every parameter group gets the learning rate of the paper's Eq. 2,
+
+    .. math::
+        \alpha(t) = \frac{\alpha_0}{2}\left(\cos\left(\frac{\pi \,\mathrm{mod}(t-1, \lceil T/M \rceil)}
+        {\lceil T/M \rceil}\right) + 1\right),
+
+    which restarts at :math:`\alpha_0` each cycle and anneals towards zero. The weights (parameters and buffers, so
+    batch-norm statistics too) after the last step of each cycle are kept as a snapshot; the last ``ensemble_size``
+    of them form the ensemble, whose prediction is the mean of the members' class probabilities,
+    :math:`p(y|x) = \frac{1}{m}\sum_i \mathrm{softmax}(f_i(x))`, computed in log space as
+    :math:`\mathrm{logsumexp}_i \log\mathrm{softmax}(f_i(x)) - \log m`.
+
+    At validation and test it logs ``{stage}/ensemble_acc`` and ``{stage}/ensemble_nll`` (negative log-likelihood of
+    the mean probability) and ``{stage}/snapshot_{k}_acc`` / ``_nll`` for the snapshot of cycle ``k`` (1-based), on
+    the first dataloader, once there is a snapshot. Members run through ``torch.func.functional_call`` with the
+    snapshot's state dict, so the live weights are never swapped and a crash cannot leave the model holding a
+    snapshot. The module's ``forward(inputs)`` must return logits ``(..., num_classes)``; a tuple or list batch has
+    inputs at index 0 and class-index targets at index 1, a dict batch has them under ``input_key``/``target_key``.
+
+    Snapshots are part of the callback's ``state_dict`` and so of every checkpoint: ``recipe test --ckpt_path ...``
+    (or ``trainer.test``/``validate`` with ``ckpt_path``) evaluates the saved ensemble without training, and
+    ``recipe predict --ckpt_path ...`` writes the ensemble's mean probabilities, ``(N, ..., num_classes)`` in dataloader
+    order, with ``torch.save`` to ``<trainer.log_dir>/<predictions_filename>`` (one file per rank, prefixed
+    ``rank{r}-``, under DDP). The learning rate is a pure function of ``trainer.global_step``, so a run resumed
+    mid-cycle gets the same schedule and the same snapshots as an uninterrupted one.
+
+    Unlike Lightning's ``StochasticWeightAveraging`` and ``WeightAveraging``, which average *weights* and swap the
+    average into the module, this keeps separate members and averages their *predictions*; it owns the learning rate
+    for the whole run, so a module that also returns an LR scheduler is refused rather than silently overridden, and
+    it sets the rate per optimizer step instead of per epoch. Sharded strategies (FSDP, DeepSpeed) are not supported.
+
+    Args:
+        cycles: Number of cosine cycles :math:`M` (the paper uses 5-6). At least 2.
+        ensemble_size: How many of the last snapshots form the ensemble (:math:`m` in the paper); ``None`` keeps all
+            :math:`M`. Older snapshots are dropped, also from checkpoints.
+        lr: The restart learning rate :math:`\alpha_0` for every parameter group; ``None`` uses each group's learning
+            rate as the optimizer was configured (the paper uses a large one, e.g. 0.1-0.2 for SGD).
+        device: Where snapshots are stored (``"cpu"`` keeps accelerator memory free; members are moved to the
+            module's device one batch at a time). ``None`` keeps them on the module's device: faster, more memory.
+        input_key: Key of the inputs in a dict batch.
+        target_key: Key of the class-index targets in a dict batch.
+        predictions_filename: File name of the ensemble's predictions written by ``predict``.
+    """
+
+    def __init__(
+        self,
+        cycles: int = 5,
+        ensemble_size: int | None = None,
+        lr: float | None = None,
+        device: str | None = "cpu",
+        input_key: str = "input",
+        target_key: str = "target",
+        predictions_filename: str = "ensemble_predictions.pt",
+    ) -> None:
+        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 2:
+            raise MisconfigurationException(
+                f"cycles must be an integer >= 2 (the paper uses 5-6), got {cycles!r}; for one cosine cycle use "
+                "torch.optim.lr_scheduler.CosineAnnealingLR instead."
+            )
+        if ensemble_size is not None and (
+            isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or not 1 <= ensemble_size <= cycles
+        ):
+            raise MisconfigurationException(
+                f"ensemble_size must be an integer in [1, cycles={cycles}] or None for all cycles, "
+                f"got {ensemble_size!r}."
+            )
+        if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise MisconfigurationException(
+                f"lr must be a positive number or None (each parameter group's own rate), got {lr!r}."
+            )
+        if device is not None:
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError) as err:
+                raise MisconfigurationException(
+                    f"device must be a torch device string such as 'cpu' or 'cuda', or None for the module's device, "
+                    f"got {device!r}."
+                ) from err
+        if not input_key or not target_key:
+            raise MisconfigurationException(
+                f"input_key and target_key must be non-empty, got {input_key!r} and {target_key!r}."
+            )
+        if not predictions_filename or os.sep in predictions_filename or predictions_filename in (".", ".."):
+            raise MisconfigurationException(
+                f"predictions_filename must be a plain file name (it is written in the trainer's log directory), "
+                f"got {predictions_filename!r}."
+            )
+        self._cycles = cycles
+        self._ensemble_size = ensemble_size or cycles
+        self._lr = None if lr is None else float(lr)
+        self._device = None if device is None else torch.device(device)
+        self._input_key = input_key
+        self._target_key = target_key
+        self._predictions_filename = predictions_filename
+
+        self._total_steps: int | None = None
+        self._base_lrs: list[list[float]] = []  # [optimizer][param group] -> alpha0
+        self._snapshots: list[dict[str, Any]] = []  # {"cycle", "step", "state_dict"}, oldest first
+        self._last_snapshot_step = 0
+        self._metrics: dict[str, tuple[Metric, Metric]] = {}
+        self._predictions: list[torch.Tensor] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(cycles=self._cycles)
+
+    @property
+    def snapshots(self) -> list[dict[str, torch.Tensor]]:
+        """The ensemble members' state dicts, oldest first (read-only use)."""
+        return [s["state_dict"] for s in self._snapshots]
+
+    @property
+    def snapshot_cycles(self) -> list[int]:
+        """The 1-based cycle each member was taken at, oldest first."""
+        return [s["cycle"] for s in self._snapshots]
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+            raise MisconfigurationException(
+                "SnapshotEnsemble needs whole state dicts and does not support sharded strategies (FSDP, DeepSpeed). "
+                "Use DDP or a single device."
+            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not pl_module.automatic_optimization:
+            raise MisconfigurationException(
+                "SnapshotEnsemble counts optimizer steps through trainer.global_step and needs automatic optimization; "
+                "remove it from modules that set automatic_optimization = False."
+            )
+        if trainer.lr_scheduler_configs:
+            names = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
+            raise MisconfigurationException(
+                f"SnapshotEnsemble sets the learning rate itself, but the module's configure_optimizers also returns "
+                f"a scheduler ({names}); both would write the rate. Remove the scheduler (e.g. drop lr_scheduler "
+                "from the recipe)."
+            )
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            raise MisconfigurationException(
+                f"SnapshotEnsemble needs a known run length to place its cycles, but the trainer estimates {total} "
+                "optimizer steps. Set max_epochs with a sized dataloader, or max_steps."
+            )
+        total = int(total)
+        length = math.ceil(total / self._cycles)
+        made = math.ceil(total / length)
+        if made != self._cycles:
+            message = (
+                f"T={total} optimizer steps in cycles of ceil(T/M)={length} steps make {made} cycles, not "
+                f"cycles={self._cycles}. Train for more than M*(M-1)={self._cycles * (self._cycles - 1)} steps or a "
+                "multiple of M, or lower cycles."
+            )
+            if not trainer.fast_dev_run:
+                raise MisconfigurationException(message)
+            rank_zero_warn(message + " Going on with fewer snapshots because this is a fast_dev_run.")
+        if self._total_steps is not None and self._total_steps != total:
+            rank_zero_warn(
+                f"SnapshotEnsemble resumes a run planned for {self._total_steps} optimizer steps with {total}: the "
+                "cycles move, so snapshots taken so far need not sit at the new cycle ends."
+            )
+        self._total_steps = total
+        self._base_lrs = [
+            [self._lr if self._lr is not None else group["lr"] for group in optimizer.param_groups]
+            for optimizer in trainer.optimizers
+        ]
+
+    def _cycle_length(self) -> int:
+        assert self._total_steps is not None
+        return math.ceil(self._total_steps / self._cycles)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Called on every micro-batch, but global_step only moves on an optimizer step, so under gradient
+        # accumulation every micro-batch of one step sees the same rate.
+        length = self._cycle_length()
+        t = trainer.global_step + 1  # the 1-based step the next optimizer.step() will take
+        scale = 0.5 * (math.cos(math.pi * ((t - 1) % length) / length) + 1.0)
+        for optimizer, base_lrs in zip(trainer.optimizers, self._base_lrs, strict=True):
+            for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = base_lr * scale
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Lightning runs ModelCheckpoint's hooks after every other callback's, so a checkpoint written on a
+        # cycle-end step already holds that step's snapshot.
+        step = trainer.global_step
+        length = self._cycle_length()
+        if step <= self._last_snapshot_step or not (step % length == 0 or step == self._total_steps):
+            return
+        device = self._device or pl_module.device
+        state = {name: t.detach().to(device=device, copy=True) for name, t in pl_module.state_dict().items()}
+        self._snapshots.append({"cycle": math.ceil(step / length), "step": step, "state_dict": state})
+        self._snapshots = self._snapshots[-self._ensemble_size :]
+        self._last_snapshot_step = step
+
+    def _split(self, batch: Any) -> tuple[Any, Any]:
+        """(inputs, targets) of a batch; targets are None for an input-only batch (predict)."""
+        if isinstance(batch, Mapping):
+            if self._input_key not in batch:
+                raise MisconfigurationException(
+                    f"SnapshotEnsemble looks for inputs under input_key={self._input_key!r}, but the batch has keys "
+                    f"{sorted(batch)}. Set input_key (and target_key) to the batch's keys."
+                )
+            return batch[self._input_key], batch.get(self._target_key)
+        if isinstance(batch, (tuple, list)):
+            return batch[0], batch[1] if len(batch) > 1 else None
+        return batch, None
+
+    def _ensemble_log_probs(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any) -> torch.Tensor:
+        """Members' log-probabilities ``(m, ..., C)`` from their logits, without touching the live weights."""
+        members = []
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            for snapshot in self._snapshots:
+                state = {name: t.to(pl_module.device, non_blocking=True) for name, t in snapshot["state_dict"].items()}
+                logits = functional_call(pl_module, state, (inputs,))  # (..., C)
+                members.append(logits.float().log_softmax(dim=-1))
+        return torch.stack(members)  # (m, ..., C)
+
+    def _reset_metrics(self) -> None:
+        self._metrics = {}
+
+    def _update_metrics(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, dataloader_idx: int
+    ) -> None:
+        if not self._snapshots or dataloader_idx != 0:
+            return
+        inputs, targets = self._split(batch)
+        if targets is None:
+            raise MisconfigurationException(
+                "SnapshotEnsemble needs class-index targets to score the ensemble: a tuple/list batch at index 1, a "
+                f"dict batch under target_key={self._target_key!r}."
+            )
+        members = self._ensemble_log_probs(trainer, pl_module, inputs)
+        num_classes = members.shape[-1]
+        members = members.reshape(len(self._snapshots), -1, num_classes)  # (m, N, C)
+        targets = targets.reshape(-1)  # (N,)
+        # log of the mean probability: Jensen makes its NLL no worse than the members' mean NLL
+        ensemble = torch.logsumexp(members, dim=0) - math.log(len(self._snapshots))  # (N, C)
+        names = ["ensemble", *(f"snapshot_{s['cycle']}" for s in self._snapshots)]
+        if not self._metrics:
+            self._metrics = {
+                name: (
+                    MulticlassAccuracy(num_classes, average="micro").to(pl_module.device),
+                    MeanMetric().to(pl_module.device),
+                )
+                for name in names
+            }
+        for name, log_probs in zip(names, [ensemble, *members], strict=True):
+            accuracy, nll = self._metrics[name]
+            accuracy.update(log_probs, targets)
+            nll.update(-log_probs.gather(1, targets[:, None]).squeeze(1))
+
+    def _log_metrics(self, pl_module: pl.LightningModule, stage: str) -> None:
+        # The metrics are not attributes of the module, so Lightning cannot log the objects themselves; compute()
+        # syncs them across ranks, which is what logging the objects would do.
+        for name, (accuracy, nll) in self._metrics.items():
+            pl_module.log(f"{stage}/{name}_acc", accuracy.compute())
+            pl_module.log(f"{stage}/{name}_nll", nll.compute())
+        self._reset_metrics()
+
+    def _warn_if_empty(self, stage: str) -> None:
+        if not self._snapshots:
+            rank_zero_warn(
+                f"SnapshotEnsemble has no snapshots to {stage}: load a checkpoint of a run that trained with it "
+                "(--ckpt_path) or train past the first cycle. No ensemble metrics or predictions are produced."
+            )
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset_metrics()
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._update_metrics(trainer, pl_module, batch, dataloader_idx)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log_metrics(pl_module, "val")
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._warn_if_empty("test")
+        self._reset_metrics()
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._update_metrics(trainer, pl_module, batch, dataloader_idx)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_metrics(pl_module, "test")
+
+    @override
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._warn_if_empty("predict with")
+        self._predictions = []
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._snapshots or dataloader_idx != 0:
+            return
+        members = self._ensemble_log_probs(trainer, pl_module, self._split(batch)[0])  # (m, B, ..., C)
+        self._predictions.append(members.exp().mean(dim=0).cpu())  # (B, ..., C)
+
+    @override
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._predictions:
+            return
+        folder = trainer.log_dir or trainer.default_root_dir
+        name = self._predictions_filename
+        if trainer.world_size > 1:
+            name = f"rank{trainer.global_rank}-{name}"  # each rank predicted its own shard
+        os.makedirs(folder, exist_ok=True)
+        torch.save(torch.cat(self._predictions), os.path.join(folder, name))
+        self._predictions = []
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "snapshots": self._snapshots,
+            "last_snapshot_step": self._last_snapshot_step,
+            "total_steps": self._total_steps,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning calls this for fit, validate, test and predict alike when given a ckpt_path, so a checkpoint
+        # alone brings the ensemble back.
+        self._snapshots = state_dict["snapshots"][-self._ensemble_size :]
+        if self._device is not None:
+            for snapshot in self._snapshots:
+                snapshot["state_dict"] = {name: t.to(self._device) for name, t in snapshot["state_dict"].items()}
+        self._last_snapshot_step = state_dict["last_snapshot_step"]
+        self._total_steps = state_dict["total_steps"]
