@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from recipes import catalog
+from recipes.checkpoint import RecipeCheckpoint
 from recipes.prediction_writer import PredictionWriter
 from recipes.save_config import RecipeConfigCallback
 
@@ -36,13 +37,13 @@ DATA_LINKS = {
 
 
 class RecipeCLI(LightningCLI):
-    """``LightningCLI`` with data-to-model links, a best/last ``ModelCheckpoint`` set by ``--checkpoint.*`` and a
+    """``LightningCLI`` with data-to-model links, a best/last ``RecipeCheckpoint`` set by ``--checkpoint.*`` and a
     ``PredictionWriter`` (``--predictions.*``) that saves what ``recipe predict`` returns."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in DATA_LINKS.items():
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RecipeCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults(
             {
