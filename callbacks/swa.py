@@ -70,7 +70,7 @@ class SWA(Callback):
         ema_decay: float = 0.999,
         update_every_n_steps: int | None = None,
         update_bn: bool = True,
-        input_key: str = "x",
+        input_key: str = "input",
         device: str | None = None,
     ) -> None:
         if isinstance(swa_start, bool) or not isinstance(swa_start, (int, float)):

@@ -31,7 +31,7 @@ class TinyBNNet(LightningModule):
         return self.body(x)
 
     def _loss(self, batch):
-        x, y = (batch["x"], batch["y"]) if self.dict_batches else batch
+        x, y = (batch["input"], batch["target"]) if self.dict_batches else batch
         return nn.functional.cross_entropy(self(x), y)
 
     def training_step(self, batch, batch_idx):
@@ -52,7 +52,7 @@ class TinyBNNet(LightningModule):
 class DictBatches(TensorDataset):
     def __getitem__(self, index):
         x, y = super().__getitem__(index)
-        return {"x": x, "y": y}
+        return {"input": x, "target": y}
 
 
 def loaders(dict_batches: bool = False) -> tuple[DataLoader, DataLoader]:
@@ -183,7 +183,7 @@ def test_batchnorm_statistics_equal_update_bn_over_the_training_data(dict_batche
     reference = TinyBNNet()
     reference.load_state_dict({**reference.state_dict(), **swa.average}, strict=True)
     train, _ = loaders(dict_batches)
-    update_bn((batch["x"] if dict_batches else batch[0] for batch in train), reference)
+    update_bn((batch["input"] if dict_batches else batch[0] for batch in train), reference)
     bn, ref_bn = model.body[1], reference.body[1]
     torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, atol=1e-6, rtol=0)
     torch.testing.assert_close(bn.running_var, ref_bn.running_var, atol=1e-6, rtol=0)
