@@ -320,3 +320,20 @@ def test_digits_swa_recipe_checkpoints_the_model_it_hands_back():
     test = main(["test", "--config", "vision/digits_swa", *quick, "--ckpt_path", str(last)])
     fit.trainer.test(fit.model, datamodule=fit.datamodule, verbose=False)
     assert test.trainer.callback_metrics["test/acc"] == fit.trainer.callback_metrics["test/acc"]
+
+
+@pytest.mark.slow
+def test_digits_swa_model_learns_and_is_no_worse_than_its_last_iterate():
+    from recipes.cli import main
+
+    quiet = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    fit = main(["fit", "--config", "vision/digits_swa", *quiet])
+    swa = next(c for c in fit.trainer.callbacks if isinstance(c, SWA))
+    assert swa.n_averaged == 12  # epochs 18..29: averaging starts at 60% of 30 epochs
+    averaged = fit.trainer.validate(fit.model, datamodule=fit.datamodule, verbose=False)[0]
+    last = torch.load(fit.trainer.checkpoint_callback.last_model_path, weights_only=False)
+    fit.model.load_state_dict(last["callbacks"][swa.state_key]["live_state_dict"])
+    raw = fit.trainer.validate(fit.model, datamodule=fit.datamodule, verbose=False)[0]
+    assert averaged["val/acc"] >= 0.97
+    # Measured over seeds 0-2: 0.119-0.126 against 0.120-0.138 for the last iterate (README); a margin for threads.
+    assert averaged["val/loss"] <= raw["val/loss"] + 0.005
