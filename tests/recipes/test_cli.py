@@ -82,7 +82,8 @@ def test_last_checkpoint_is_the_final_epoch_even_when_it_is_not_the_best():
     # Monitoring the epoch number with mode=min makes epoch 0 the only "best": Lightning 2.6 alone would then keep
     # last.ckpt at epoch 0.
     quick = ["--trainer.max_epochs=3", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
-    fit = main(["fit", "--config", "vision/digits", *quick, *NO_LOGGER, "--checkpoint.monitor=epoch", "--checkpoint.mode=min"])
+    best_is_epoch_0 = ["--checkpoint.monitor=epoch", "--checkpoint.mode=min"]
+    fit = main(["fit", "--config", "vision/digits", *quick, *NO_LOGGER, *best_is_epoch_0])
     last = torch.load(fit.trainer.checkpoint_callback.last_model_path, weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 6)
     best = torch.load(fit.trainer.checkpoint_callback.best_model_path, weights_only=False)
