@@ -8,10 +8,7 @@ of ``recipe test`` on the best checkpoint (``val/acc``-monitored, as both recipe
 
 from __future__ import annotations
 
-import os
-import statistics
-import sys
-import tempfile
+from seed_table import print_seed_table, seeds_from_argv
 
 from callbacks.lr_finder import LRFinder
 from recipes.cli import main
@@ -42,19 +39,5 @@ def run(seed: int) -> dict[str, dict[str, float]]:
     return results
 
 
-def main_(seeds: list[int]) -> None:
-    table: dict[str, list[dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        os.chdir(folder)
-        for seed in seeds:
-            for name, numbers in run(seed).items():
-                table.setdefault(name, []).append(numbers)
-                print(f"seed {seed} {name:19s} " + "  ".join(f"{k} {v:.4g}" for k, v in numbers.items()), flush=True)
-    print("\nmean over seeds", seeds)
-    for name, rows in table.items():
-        means = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
-        print(f"{name:19s} " + "  ".join(f"{k} {v:.4g}" for k, v in means.items()))
-
-
 if __name__ == "__main__":
-    main_([int(s) for s in sys.argv[1:]] or [0, 1, 2])
+    print_seed_table(run, seeds_from_argv(), width=19)

@@ -9,13 +9,10 @@ best-val/acc and its last checkpoint. Sparsity is measured by counting zeros in 
 
 from __future__ import annotations
 
-import os
-import statistics
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
+from seed_table import print_seed_table, seeds_from_argv
 
 from recipes.cli import main
 
@@ -46,20 +43,9 @@ def run(recipe: str, seed: int) -> dict[str, float]:
     return numbers
 
 
-def main_(seeds: list[int]) -> None:
-    table: dict[str, list[dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        os.chdir(folder)
-        for seed in seeds:
-            for recipe in ("vision/digits_pruned", "vision/digits"):
-                numbers = run(recipe, seed)
-                table.setdefault(recipe, []).append(numbers)
-                print(f"seed {seed} {recipe:20s} " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()), flush=True)
-    print("\nmean over seeds", seeds)
-    for recipe, rows in table.items():
-        means = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
-        print(f"{recipe:20s} " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
+def run_both(seed: int) -> dict[str, dict[str, float]]:
+    return {recipe: run(recipe, seed) for recipe in ("vision/digits_pruned", "vision/digits")}
 
 
 if __name__ == "__main__":
-    main_([int(s) for s in sys.argv[1:]] or [0, 1, 2])
+    print_seed_table(run_both, seeds_from_argv())

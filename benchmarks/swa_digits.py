@@ -8,12 +8,8 @@ Numbers are validation NLL/accuracy and test accuracy.
 
 from __future__ import annotations
 
-import os
-import statistics
-import sys
-import tempfile
-
 import torch
+from seed_table import print_seed_table, seeds_from_argv
 
 from callbacks import SWA
 from recipes.cli import main
@@ -40,19 +36,5 @@ def run(seed: int) -> dict[str, dict[str, float]]:
     return results
 
 
-def main_(seeds: list[int]) -> None:
-    table: dict[str, list[dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        os.chdir(folder)
-        for seed in seeds:
-            for name, numbers in run(seed).items():
-                table.setdefault(name, []).append(numbers)
-                print(f"seed {seed} {name:13s} " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()), flush=True)
-    print("\nmean over seeds", seeds)
-    for name, rows in table.items():
-        means = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
-        print(f"{name:13s} " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
-
-
 if __name__ == "__main__":
-    main_([int(s) for s in sys.argv[1:]] or [0, 1, 2])
+    print_seed_table(run, seeds_from_argv(), width=13)
