@@ -149,7 +149,13 @@ class SWA(Callback):
             steps_per_epoch = trainer.estimated_stepping_batches / max(trainer.max_epochs or 1, 1)
         self._anneal_steps = max(1, round(self.annealing_epochs * steps_per_epoch)) if self.annealing_epochs else 0
         if self._start_step is None and isinstance(self.swa_start, float):
-            self._start_step = int(self.swa_start * trainer.estimated_stepping_batches)
+            total = trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise MisconfigurationException(
+                    f"SWA's swa_start={self.swa_start} is a fraction of the run, but this run has no known length "
+                    "(max_epochs=-1 without max_steps). Give swa_start as an epoch (int), or set max_epochs/max_steps."
+                )
+            self._start_step = int(self.swa_start * total)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -302,6 +302,11 @@ def test_bad_arguments_say_what_to_fix(kwargs, message):
         SWA(**kwargs)
 
 
+def test_fractional_start_needs_a_run_of_known_length():
+    with pytest.raises(MisconfigurationException, match="no known length"):
+        fit(SWA(swa_start=0.5), max_epochs=-1)
+
+
 def test_state_key_lets_two_copies_coexist():
     assert SWA(mode="swa").state_key != SWA(mode="ema").state_key
 
