@@ -227,8 +227,7 @@ class SWA(Callback):
         self._last_update_step = step
 
     def _bn_batches(self, trainer: pl.Trainer) -> Iterator[Tensor]:
-        # Through the strategy, so the DataModule's device-side transforms (normalisation) apply; trainer.training is
-        # off here (validation or teardown), so training-only augmentation does not.
+        # Through the strategy, so the DataModule's device-side transforms (normalisation) apply.
         for batch in trainer.train_dataloader:
             batch = trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device(batch))
             if isinstance(batch, dict):
@@ -251,12 +250,17 @@ class SWA(Callback):
         state = {name: self._average[name].to(t.device, t.dtype) for name, t in live.items() if name in self._average}
         if self.update_bn and has_bn and trainer.train_dataloader is not None:
             backup = {name: t.detach().clone() for name, t in live.items()}
+            # DataModules augment only while the trainer is training (the case at train end, or at an epoch-end
+            # checkpoint without validation); the statistics are for the un-augmented training data.
+            was_training = trainer.training
             try:
                 self._load_into(pl_module, state)
+                trainer.training = False
                 with trainer.precision_plugin.forward_context():
                     update_bn(self._bn_batches(trainer), pl_module)
                 state = {name: t.detach().clone() for name, t in self._named_state(pl_module) if name in state}
             finally:
+                trainer.training = was_training
                 self._load_into(pl_module, backup)
         self._eval_state, self._eval_state_n = state, self._n_averaged
         return state

@@ -191,6 +191,27 @@ def test_batchnorm_statistics_equal_update_bn_over_the_training_data(dict_batche
     assert not torch.allclose(bn.running_var, swa.average["body.1.running_var"], atol=1e-4)
 
 
+class AugmentsWhileTraining(TinyBNNet):
+    """Adds noise to the inputs after the device transfer while the trainer trains, as our DataModules augment."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        if self.trainer.training:
+            x = x + 5 * torch.randn_like(x)
+        return x, y
+
+
+def test_batchnorm_statistics_leave_training_augmentation_out_even_at_train_end():
+    # No validation loop: the statistics are first needed at train end, while the trainer still counts as training.
+    swa = SWA(swa_start=1, swa_lr=0.05)
+    model, _, _ = fit(swa, max_epochs=3, model=AugmentsWhileTraining(), limit_val_batches=0)
+    reference = TinyBNNet()
+    reference.load_state_dict({**reference.state_dict(), **swa.average}, strict=True)
+    train, _ = loaders()
+    update_bn((batch[0] for batch in train), reference)
+    torch.testing.assert_close(model.body[1].running_var, reference.body[1].running_var, atol=1e-6, rtol=0)
+
+
 class SeesValidationWeights(Callback):
     def __init__(self) -> None:
         self.validated: list[dict[str, torch.Tensor]] = []
