@@ -202,8 +202,10 @@ class SWA(Callback):
             self._update(pl_module, step)
 
     def _named_state(self, pl_module: nn.Module) -> Iterator[tuple[str, Tensor]]:
-        yield from pl_module.named_parameters()
-        yield from pl_module.named_buffers()
+        # Every name, tied ones included (an embedding shared with an output layer appears under both names in the
+        # state_dict), so checkpoints carry the average under each of them.
+        yield from pl_module.named_parameters(remove_duplicate=False)
+        yield from pl_module.named_buffers(remove_duplicate=False)
 
     @torch.no_grad()
     def _update(self, pl_module: pl.LightningModule, step: int) -> None:

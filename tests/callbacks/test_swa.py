@@ -90,13 +90,13 @@ def trainer(callbacks, max_epochs=6, **kwargs) -> Trainer:
     return Trainer(max_epochs=max_epochs, callbacks=callbacks, **options)
 
 
-def fit(swa: SWA, max_epochs=6, model=None, recorder=None, **kwargs):
+def fit(swa: SWA, max_epochs=6, model=None, recorder=None, callbacks_extra=(), **kwargs):
     seed_everything(0)
     model = model or TinyBNNet()
     recorder = recorder or Recorder()
     train, val = loaders(getattr(model, "dict_batches", False))
     # Recorder first: at the same hook it sees the weights the SWA callback averages.
-    run = trainer([recorder, swa], max_epochs=max_epochs, **kwargs)
+    run = trainer([recorder, swa, *callbacks_extra], max_epochs=max_epochs, **kwargs)
     run.fit(model, train, val)
     return model, recorder, run
 
@@ -210,6 +210,24 @@ def test_batchnorm_statistics_leave_training_augmentation_out_even_at_train_end(
     train, _ = loaders()
     update_bn((batch[0] for batch in train), reference)
     torch.testing.assert_close(model.body[1].running_var, reference.body[1].running_var, atol=1e-6, rtol=0)
+
+
+class TiedHead(TinyBNNet):
+    """The last layer shared under a second name, as language models tie embeddings and output layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = self.body[3]
+
+
+def test_tied_weights_are_averaged_under_every_name_in_checkpoints(tmp_path):
+    swa = SWA(swa_start=1, swa_lr=0.05, update_bn=False)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    model, _, _ = fit(swa, max_epochs=3, model=TiedHead(), enable_checkpointing=True, callbacks_extra=[checkpoint])
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    torch.testing.assert_close(saved["head.weight"], swa.average["body.3.weight"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(saved["body.3.weight"], swa.average["body.3.weight"], atol=1e-6, rtol=0)
+    assert model.head.weight is model.body[3].weight
 
 
 class SeesValidationWeights(Callback):
