@@ -243,6 +243,11 @@ class LRFinder(Callback):
         return np.geomspace(self._min_lr, self._max_lr, self._num_training).tolist()
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # a second fit with the same callback tests afresh (a resume reloads the history next)
+            self._history = []
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.fast_dev_run:
             rank_zero_warn("LRFinder: skipping the range test under fast_dev_run.")

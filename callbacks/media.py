@@ -11,8 +11,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+
+def media_dir(trainer: pl.Trainer) -> str:
+    """``<trainer.log_dir>/media``, computed on this rank alone.
+
+    ``trainer.log_dir`` broadcasts from rank zero, so it must be read on every rank; ``log_figure`` runs on rank zero
+    only, and reading it there would leave rank zero waiting for the others forever under DDP.
+    """
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if logger is None:
+        log_dir = trainer.default_root_dir
+    elif isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        log_dir = logger.log_dir
+    else:
+        log_dir = logger.save_dir or trainer.default_root_dir
+    return os.path.join(log_dir, "media")
 
 
 @rank_zero_only
@@ -35,8 +51,7 @@ def log_figure(
     """
     import matplotlib.pyplot as plt
 
-    log_dir = trainer.log_dir or trainer.default_root_dir
-    path = os.path.join(log_dir, "media", key.replace("/", "_") + ".png")
+    path = os.path.join(media_dir(trainer), key.replace("/", "_") + ".png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
     step = trainer.global_step

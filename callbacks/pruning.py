@@ -178,6 +178,10 @@ class Pruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        # A second fit with the same callback starts from a dense network (a resume reloads the masks next).
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self._pruned, self._rewind_state = [], {}, None
         self._params, self._layers = {}, {}
         seen: set[int] = set()
         for layer, module in pl_module.named_modules():
@@ -269,8 +273,11 @@ class Pruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Moved to the parameters' devices in ``on_train_start``: restoring happens before the model is moved.
-        self._pruned = dict(state_dict["pruned"])
+        # Moved to the parameters' devices in ``on_train_start`` (a resume restores before the model is moved), or
+        # here when training is under way (LRFinder's reruns reload a checkpoint mid-fit).
+        self._pruned = {
+            n: m.to(self._params[n].device) if n in self._params else m for n, m in state_dict["pruned"].items()
+        }
         self._rewind_state = state_dict["rewind_state"]
 
     def _prune(self, count: int) -> None:

@@ -150,6 +150,8 @@ class SnapshotEnsemble(Callback):
                 "SnapshotEnsemble needs whole state dicts and does not support sharded strategies (FSDP, DeepSpeed). "
                 "Use DDP or a single device."
             )
+        if stage == "fit":  # a second fit with the same callback starts a new ensemble (a resume reloads it next)
+            self._snapshots, self._last_snapshot_step = [], 0
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

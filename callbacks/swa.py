@@ -141,6 +141,9 @@ class SWA(Callback):
                 "SWA needs the full weights on every rank; it does not support sharded strategies (FSDP, DeepSpeed). "
                 "Use --trainer.strategy=ddp or drop the SWA callback."
             )
+        if stage == "fit":  # a second fit with the same callback averages afresh (a resume reloads the state next)
+            self._average, self._n_averaged, self._start_step, self._last_update_step = {}, 0, None, -1
+            self._start_lrs, self._eval_state, self._eval_state_n, self._live_backup = None, None, -1, None
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
