@@ -40,10 +40,12 @@ class SnapshotEnsemble(Callback):
 
     At validation and test it logs ``{stage}/ensemble_acc`` and ``{stage}/ensemble_nll`` (negative log-likelihood of
     the mean probability) and ``{stage}/snapshot_{k}_acc`` / ``_nll`` for the snapshot of cycle ``k`` (1-based), on
-    the first dataloader, once there is a snapshot. Members run through ``torch.func.functional_call`` with the
-    snapshot's state dict, so the live weights are never swapped and a crash cannot leave the model holding a
-    snapshot. The module's ``forward(inputs)`` must return logits ``(..., num_classes)``; a tuple or list batch has
-    inputs at index 0 and class-index targets at index 1, a dict batch has them under ``input_key``/``target_key``.
+    the first dataloader, once there is a snapshot (so ``EarlyStopping`` on them needs ``strict=False``, and a
+    ``ModelCheckpoint`` monitoring them fails during the first cycle). Members run through
+    ``torch.func.functional_call`` with the snapshot's state dict, so the live weights are never swapped and a crash
+    cannot leave the model holding a snapshot. The module's ``forward(inputs)`` must return logits
+    ``(..., num_classes)``; a tuple or list batch has inputs at index 0 and class-index targets at index 1, a dict
+    batch has them under ``input_key``/``target_key``.
 
     Snapshots are part of the callback's ``state_dict`` and so of every checkpoint: ``recipe test --ckpt_path ...``
     (or ``trainer.test``/``validate`` with ``ckpt_path``) evaluates the saved ensemble without training, and
