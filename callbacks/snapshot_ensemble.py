@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,6 +17,8 @@ from torchmetrics import Metric
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
+
+from callbacks.batches import split_batch
 
 
 class SnapshotEnsemble(Callback):
@@ -65,8 +66,9 @@ class SnapshotEnsemble(Callback):
             :math:`M`. Older snapshots are dropped, also from checkpoints.
         lr: The restart learning rate :math:`\alpha_0` for every parameter group; ``None`` uses each group's learning
             rate as the optimizer was configured (the paper uses a large one, e.g. 0.1-0.2 for SGD).
-        device: Where snapshots are stored (``"cpu"`` keeps accelerator memory free; members are moved to the
-            module's device one batch at a time). ``None`` keeps them on the module's device: faster, more memory.
+        device: Where snapshots are stored (``"cpu"`` keeps accelerator memory free while training; the members are
+            copied to the module's device once per evaluation epoch and dropped after it). ``None`` keeps them on the
+            module's device throughout.
         input_key: Key of the inputs in a dict batch.
         target_key: Key of the class-index targets in a dict batch.
         predictions_filename: File name of the ensemble's predictions written by ``predict``.
@@ -129,6 +131,7 @@ class SnapshotEnsemble(Callback):
         self._last_snapshot_step = 0
         self._metrics: dict[str, tuple[Metric, Metric]] = {}
         self._predictions: list[torch.Tensor] = []
+        self._members_on_device: list[dict[str, torch.Tensor]] | None = None  # device copies during one evaluation
 
     @property
     @override
@@ -231,38 +234,30 @@ class SnapshotEnsemble(Callback):
         self._snapshots = self._snapshots[-self._ensemble_size :]
         self._last_snapshot_step = step
 
-    def _split(self, batch: Any) -> tuple[Any, Any]:
-        """(inputs, targets) of a batch; targets are None for an input-only batch (predict)."""
-        if isinstance(batch, Mapping):
-            if self._input_key not in batch:
-                raise MisconfigurationException(
-                    f"SnapshotEnsemble looks for inputs under input_key={self._input_key!r}, but the batch has keys "
-                    f"{sorted(batch)}. Set input_key (and target_key) to the batch's keys."
-                )
-            return batch[self._input_key], batch.get(self._target_key)
-        if isinstance(batch, (tuple, list)):
-            return batch[0], batch[1] if len(batch) > 1 else None
-        return batch, None
-
     def _ensemble_log_probs(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Any) -> torch.Tensor:
         """Members' log-probabilities ``(m, ..., C)`` from their logits, without touching the live weights."""
+        if self._members_on_device is None:  # once per evaluation epoch, not once per batch
+            self._members_on_device = [
+                {name: t.to(pl_module.device) for name, t in snapshot["state_dict"].items()}
+                for snapshot in self._snapshots
+            ]
         members = []
         with torch.no_grad(), trainer.precision_plugin.forward_context():
-            for snapshot in self._snapshots:
-                state = {name: t.to(pl_module.device, non_blocking=True) for name, t in snapshot["state_dict"].items()}
+            for state in self._members_on_device:
                 logits = functional_call(pl_module, state, (inputs,))  # (..., C)
                 members.append(logits.float().log_softmax(dim=-1))
         return torch.stack(members)  # (m, ..., C)
 
     def _reset_metrics(self) -> None:
         self._metrics = {}
+        self._members_on_device = None
 
     def _update_metrics(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, dataloader_idx: int
     ) -> None:
         if not self._snapshots or dataloader_idx != 0:
             return
-        inputs, targets = self._split(batch)
+        inputs, targets = split_batch(batch, self._input_key, self._target_key, "SnapshotEnsemble")
         if targets is None:
             raise MisconfigurationException(
                 "SnapshotEnsemble needs class-index targets to score the ensemble: a tuple/list batch at index 1, a "
@@ -349,7 +344,7 @@ class SnapshotEnsemble(Callback):
     @override
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._warn_if_empty("predict with")
-        self._predictions = []
+        self._predictions, self._members_on_device = [], None
 
     @override
     def on_predict_batch_end(
@@ -363,7 +358,8 @@ class SnapshotEnsemble(Callback):
     ) -> None:
         if not self._snapshots or dataloader_idx != 0:
             return
-        members = self._ensemble_log_probs(trainer, pl_module, self._split(batch)[0])  # (m, B, ..., C)
+        inputs, _ = split_batch(batch, self._input_key, self._target_key, "SnapshotEnsemble")
+        members = self._ensemble_log_probs(trainer, pl_module, inputs)  # (m, B, ..., C)
         self._predictions.append(members.exp().mean(dim=0).cpu())  # (B, ..., C)
 
     @override
@@ -376,7 +372,7 @@ class SnapshotEnsemble(Callback):
             name = f"rank{trainer.global_rank}-{name}"  # each rank predicted its own shard
         os.makedirs(folder, exist_ok=True)
         torch.save(torch.cat(self._predictions), os.path.join(folder, name))
-        self._predictions = []
+        self._predictions, self._members_on_device = [], None
 
     @override
     def state_dict(self) -> dict[str, Any]:

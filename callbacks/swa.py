@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
 from typing_extensions import override
 
+from callbacks.batches import split_batch
+
 
 class SWA(Callback):
     r"""Average the weights visited late in training, and evaluate and checkpoint the average.
@@ -235,15 +237,7 @@ class SWA(Callback):
         # Through the strategy, so the DataModule's device-side transforms (normalisation) apply.
         for batch in trainer.train_dataloader:
             batch = trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device(batch))
-            if isinstance(batch, dict):
-                if self.input_key not in batch:
-                    raise MisconfigurationException(
-                        f"SWA's BatchNorm pass needs the inputs of dict batches under input_key={self.input_key!r}; "
-                        f"this batch has keys {sorted(batch)}. Set input_key, or update_bn=false."
-                    )
-                yield batch[self.input_key]
-            else:
-                yield batch[0] if isinstance(batch, (tuple, list)) else batch
+            yield split_batch(batch, self.input_key, None, "SWA (recomputing BatchNorm statistics)")[0]
 
     @torch.no_grad()
     def _evaluation_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
