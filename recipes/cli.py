@@ -22,6 +22,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+import callbacks  # noqa: F401  (imported so --help lists them among the known Callback subclasses)
 from recipes import catalog
 from recipes.checkpoint import RecipeCheckpoint
 from recipes.prediction_writer import PredictionWriter
