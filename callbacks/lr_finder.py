@@ -34,7 +34,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import Metric
 from typing_extensions import override
 
-from callbacks.media import log_figure
+from core.media import log_figure
 
 Method = Literal["steep", "valley", "minimum/10"]
 # Keys of a param group that hold a learning rate; one-cycle adds the last three.

@@ -18,7 +18,7 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from callbacks.batches import split_batch
+from core.batches import split_batch
 
 
 class SnapshotEnsemble(Callback):
@@ -257,7 +257,7 @@ class SnapshotEnsemble(Callback):
     ) -> None:
         if not self._snapshots or dataloader_idx != 0:
             return
-        inputs, targets = split_batch(batch, self._input_key, self._target_key, "SnapshotEnsemble")
+        inputs, targets = split_batch(batch, pl_module)
         if targets is None:
             raise MisconfigurationException(
                 "SnapshotEnsemble needs class-index targets to score the ensemble: a tuple/list batch at index 1, a "
@@ -358,7 +358,7 @@ class SnapshotEnsemble(Callback):
     ) -> None:
         if not self._snapshots or dataloader_idx != 0:
             return
-        inputs, _ = split_batch(batch, self._input_key, self._target_key, "SnapshotEnsemble")
+        inputs, _ = split_batch(batch, pl_module)
         members = self._ensemble_log_probs(trainer, pl_module, inputs)  # (m, B, ..., C)
         self._predictions.append(members.exp().mean(dim=0).cpu())  # (B, ..., C)
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn, get_swa_multi_avg_fn, update_bn
 from typing_extensions import override
 
-from callbacks.batches import split_batch
+from core.batches import split_batch
 
 
 class SWA(Callback):
@@ -233,11 +233,11 @@ class SWA(Callback):
         self._n_averaged += 1
         self._last_update_step = step
 
-    def _bn_batches(self, trainer: pl.Trainer) -> Iterator[Tensor]:
+    def _bn_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[Tensor]:
         # Through the strategy, so the DataModule's device-side transforms (normalisation) apply.
         for batch in trainer.train_dataloader:
             batch = trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device(batch))
-            yield split_batch(batch, self.input_key, None, "SWA (recomputing BatchNorm statistics)")[0]
+            yield split_batch(batch, pl_module)[0]
 
     @torch.no_grad()
     def _evaluation_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
@@ -256,7 +256,7 @@ class SWA(Callback):
                 self._load_into(pl_module, state)
                 trainer.training = False
                 with trainer.precision_plugin.forward_context():
-                    update_bn(self._bn_batches(trainer), pl_module)
+                    update_bn(self._bn_batches(trainer, pl_module), pl_module)
                 state = {name: t.detach().clone() for name, t in self._named_state(pl_module) if name in state}
             finally:
                 trainer.training = was_training

@@ -26,7 +26,7 @@ from torchmetrics.classification import (
 )
 from torchvision.transforms import v2
 
-from callbacks.media import log_figure
+from core.media import log_figure
 from lightning_modules.nets import CompactResNet, adapt_classifier
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import SWA, LRFinder, Pruning, SnapshotEnsemble
-from callbacks.media import log_figure
+from core.media import log_figure
 
 matplotlib.use("Agg")
 
