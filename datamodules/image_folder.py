@@ -144,7 +144,7 @@ class ImageFolderDataModule(LightningDataModule):
         return len(self._classes)
 
     @property
-    def num_channels(self) -> int:
+    def in_channels(self) -> int:
         self._scan()
         return 1 if self._mode == "L" else 3
 

@@ -107,7 +107,7 @@ class InMemoryImageDataModule(LightningDataModule):
         return len(self.classes)
 
     @property
-    def num_channels(self) -> int:
+    def in_channels(self) -> int:
         return self.channels
 
     @property

@@ -6,44 +6,46 @@
     recipe list                                        # every packaged recipe
 
 Model and DataModule are chosen by ``class_path`` (subclass mode), so a user's own subclasses work unchanged.
-Sizes that come from the data (classes, channels, image size) are linked from the DataModule into the model
-when both are instantiated, so no recipe states them.
+Values that come from the data (classes, channels, vocabulary size, ...; see ``core.data_values``) are filled
+from the DataModule into the model's constructor when both are instantiated, so no recipe states them.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 import sys
+import warnings
 from pathlib import Path
 
-from jsonargparse import ArgumentError
+import yaml
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import callbacks  # noqa: F401  (imported so --help lists them among the known Callback subclasses)
+from core import data_values
 from recipes import catalog
 from recipes.checkpoint import RecipeCheckpoint
 from recipes.prediction_writer import PredictionWriter
 from recipes.save_config import RecipeConfigCallback
 
-#: DataModule property -> model constructor argument, linked after the DataModule is built.
-DATA_LINKS = {
-    "num_classes": "num_classes",
-    "num_channels": "in_channels",
-    "image_size": "image_size",
-    "class_names": "class_names",
-}
-
 
 class RecipeCLI(LightningCLI):
-    """``LightningCLI`` with data-to-model links, a best/last ``RecipeCheckpoint`` set by ``--checkpoint.*`` and a
-    ``PredictionWriter`` (``--predictions.*``) that saves what ``recipe predict`` returns."""
+    """``LightningCLI`` that fills the model's data-dependent arguments from the DataModule, with a best/last
+    ``RecipeCheckpoint`` set by ``--checkpoint.*`` and a ``PredictionWriter`` (``--predictions.*``) that saves what
+    ``recipe predict`` returns.
+
+    Data values (:mod:`core.data_values`): every model constructor argument named like a value the DataModule
+    declares (``num_classes``, ``in_channels``, ``vocab_size``, ...) is filled from it. An argument named like a data
+    value that the DataModule does not declare stops the command with one line, unless it defaults to ``None``
+    (optional) or was given by hand. Without ``--data`` the model brings its own dataloaders and nothing is filled.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for source, target in DATA_LINKS.items():
-            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
         parser.add_lightning_class_args(RecipeCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.set_defaults(
@@ -55,6 +57,41 @@ class RecipeCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # What the user wrote (flags and config files) without defaults: a data value given by hand is kept.
+        self.explicit_config = parser.parse_args(args, defaults=False)
+
+    def instantiate_classes(self) -> None:
+        config = self.config.clone()
+        section = config.get(str(self.subcommand), config)
+        self.data_values: dict[str, object] = {}
+        if section.get("data") is not None and section.get("model") is not None:
+            datamodule = _instantiate_data(section.data)
+            self.data_values = _fill_data_values(section.model, self._explicit_model(), datamodule)
+            # The model's saved hyperparameters come from this dump (Lightning's instantiator reads it), so they
+            # hold the filled values and load_from_checkpoint rebuilds the same model.
+            dump = yaml.safe_load(self.parser.dump(config, skip_link_targets=False, skip_none=False, format="yaml"))
+            self.config_dump = dump[self.subcommand] if self.subcommand else dump
+            self.config_dump["model"].setdefault("init_args", {}).update(self.data_values)  # tuples stay tuples
+            section.data = datamodule  # built once: its properties may have scanned files already
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unable to serialize instance")
+            self.config_init = self.parser.instantiate(config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RecipeConfigCallback):
+                callback.data_values = self.data_values
+
+    def _explicit_model(self):
+        explicit = self.explicit_config.get(str(self.subcommand), self.explicit_config)
+        model = explicit.get("model") if explicit is not None else None
+        init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
+        return init_args if init_args is not None else {}
+
     def instantiate_trainer(self, **kwargs) -> Trainer:
         extra_callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
@@ -62,6 +99,54 @@ class RecipeCLI(LightningCLI):
             # The always-on ``--checkpoint`` callback would make Lightning refuse ``enable_checkpointing=false``.
             extra_callbacks = [c for c in extra_callbacks if not isinstance(c, ModelCheckpoint)]
         return self._instantiate_trainer(config, extra_callbacks)
+
+
+def _instantiate_data(data_config) -> LightningDataModule:
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    return parser.instantiate(Namespace(data=data_config)).data
+
+
+def _fill_data_values(model_config, explicit, datamodule: LightningDataModule) -> dict[str, object]:
+    """Write the DataModule's values into the model's ``init_args``; return what was filled."""
+    init_args = model_config.get("init_args")
+    if init_args is None:
+        return {}
+    model_class = model_config.class_path.rsplit(".", 1)[-1]
+    defaults = _defaults(model_config.class_path)
+    provided = data_values.declared(datamodule)
+    filled = {}
+    for name in data_values.DATA_VALUES:
+        if name not in init_args:
+            continue
+        given = name in explicit
+        if name in provided:
+            value = provided[name]
+            if given and _normalise(explicit[name]) != _normalise(value):
+                raise UsageError(data_values.conflict_message(name, explicit[name], value, datamodule))
+            init_args[name] = value
+            filled[name] = value
+        elif not given and defaults.get(name, inspect.Parameter.empty) is not None:
+            raise UsageError(data_values.missing_message(name, datamodule, model_class))
+    return filled
+
+
+def _defaults(class_path: str) -> dict[str, object]:
+    """Constructor defaults of the class at ``class_path`` and of its bases (reached through ``**kwargs``)."""
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    found: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            found[parameter.name] = parameter.default
+    return found
+
+
+def _normalise(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -158,7 +243,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
         try:
             return RecipeCLI(
                 LightningModule,
-                LightningDataModule,
+                None,  # --data is optional: a LightningModule may define its own dataloaders
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 save_config_callback=RecipeConfigCallback,

@@ -21,10 +21,17 @@ class RecipeConfigCallback(SaveConfigCallback):
 
     def __init__(self, parser, config, config_filename: str = "config.yaml", overwrite: bool = True, multifile=False):
         super().__init__(parser, config, config_filename, overwrite, multifile, save_to_log_dir=False)
+        #: Model arguments the ``recipe`` command filled from the DataModule; set by the command after it builds us.
+        self.data_values: dict = {}
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # The logged copy includes the values linked from the data (num_classes, ...): it describes the run.
-        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_link_targets=False))
+        # The logged copy includes the values filled from the data (num_classes, ...): it describes the run. The
+        # config.yaml beside the checkpoints leaves them out, so it can be reused with other data.
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        model = config.get("model")
+        if isinstance(model, dict) and self.data_values:
+            init_args = model.setdefault("init_args", {})
+            init_args.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.data_values.items()})
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
 
@@ -34,4 +41,9 @@ class RecipeConfigCallback(SaveConfigCallback):
         if trainer.is_global_zero and folder:
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, self.config_filename)
-            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            init_args = (config.get("model") or {}).get("init_args") or {}
+            for name in self.data_values:  # their defaults would read as hand-given values that contradict the data
+                init_args.pop(name, None)
+            with open(path, "w") as f:
+                yaml.safe_dump(config, f, sort_keys=False)

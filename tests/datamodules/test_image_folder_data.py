@@ -25,7 +25,7 @@ def _module(root, **kwargs) -> ImageFolderDataModule:
 def test_channels_follow_the_files(tmp_path, mode, channels):
     write_image_folder(tmp_path, per_class=4, side=SIDE, mode=mode)
     dm = _module(tmp_path)
-    assert dm.num_channels == channels
+    assert dm.in_channels == channels
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (4, channels, SIDE, SIDE) and images.dtype == torch.float32
@@ -114,7 +114,7 @@ def test_corrupt_image_among_the_first_files_fails_the_scan(tmp_path):
     bad = tmp_path / "train" / "cat" / "0.png"
     bad.write_bytes(b"definitely not a png" * 10)
     with pytest.raises(MisconfigurationException, match=re.escape(str(bad))):
-        _ = _module(tmp_path).num_channels
+        _ = _module(tmp_path).in_channels
 
 
 def test_corrupt_training_image_fails_setup(tmp_path):

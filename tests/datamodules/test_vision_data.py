@@ -38,7 +38,7 @@ def no_network(monkeypatch):
 def test_digits_sizes_and_pixel_range():
     dm = DigitsDataModule()
     dm.setup("fit")
-    assert (dm.num_classes, dm.num_channels, dm.image_size) == (10, 1, 8)
+    assert (dm.num_classes, dm.in_channels, dm.image_size) == (10, 1, 8)
     for split in ("train", "val", "test"):
         images = dm.splits[split].images
         assert images.shape[1:] == (1, 8, 8)

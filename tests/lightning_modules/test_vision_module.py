@@ -13,8 +13,8 @@ from lightning.pytorch.callbacks import BackboneFinetuning
 from torch import nn
 from torchvision.models import resnet18
 
+import core.metrics
 from datamodules.vision import DigitsDataModule
-from lightning_modules import vision
 from lightning_modules.nets import CompactResNet
 from lightning_modules.vision import ImageClassifier
 
@@ -164,7 +164,7 @@ def test_confusion_matrix_counts_every_test_image(monkeypatch):
     def capture(trainer, key, figure, table=None):
         logged[key] = table
 
-    monkeypatch.setattr(vision, "log_figure", capture)
+    monkeypatch.setattr(core.metrics, "log_figure", capture)
     torch.manual_seed(0)
     model = ImageClassifier(net=CompactResNet(1, 10, widths=(16,), stem_width=8), in_channels=1, image_size=8)
     data = DigitsDataModule(eval_batch_size=50)
