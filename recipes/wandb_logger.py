@@ -14,7 +14,6 @@ import socket
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
 
 
 def wandb_can_go_online(timeout: float = 2.0) -> bool:
@@ -36,11 +35,13 @@ def wandb_can_go_online(timeout: float = 2.0) -> bool:
 
 
 class RecipeWandbLogger(WandbLogger):
+    _open: RecipeWandbLogger | None = None  # the logger whose run is open in this process
     """``WandbLogger`` that picks online or offline mode itself and closes its run when training ends.
 
     Args:
         name: Run name; the ``recipe`` command names it after the recipe.
-        save_dir: Folder that receives the ``wandb/`` run directory (the recipe's run directory).
+        save_dir: Folder that receives the ``wandb/`` run directory; ``None``: the run directory the ``recipe``
+            command gives it (``runs/`` outside the command).
         project: W&B project.
         offline: Force offline (``True``) or online (``False``); ``None`` decides from credentials and network.
             An explicit ``WANDB_MODE`` in the environment is always respected.
@@ -51,7 +52,7 @@ class RecipeWandbLogger(WandbLogger):
     def __init__(
         self,
         name: str | None = None,
-        save_dir: str = "runs",
+        save_dir: str | None = None,
         project: str = "lightning-recipes",
         offline: bool | None = None,
         log_model: bool = False,
@@ -61,17 +62,40 @@ class RecipeWandbLogger(WandbLogger):
             offline = os.environ.get("WANDB_MODE") == "offline" or (
                 "WANDB_MODE" not in os.environ and not wandb_can_go_online()
             )
+        save_dir = save_dir or "runs"
         os.makedirs(save_dir, exist_ok=True)
         super().__init__(name=name, save_dir=save_dir, project=project, offline=offline, log_model=log_model, tags=tags)
+        self._told_sync = False
+
+    @property
+    def experiment(self):
+        # One W&B run per recipe run: a later stage of the same trainer (``trainer.test`` after ``fit``) logs into the
+        # run ``fit`` opened, while a new logger (the next ``recipe`` command in this process, a notebook's next
+        # cell) closes the previous run first, where Lightning would attach to whatever run is still open.
+        previous = RecipeWandbLogger._open
+        if self._experiment is None and previous is not None and previous is not self:
+            previous.close()
+        experiment = super().experiment
+        if hasattr(experiment, "finish"):
+            RecipeWandbLogger._open = self
+        return experiment
 
     def finalize(self, status: str) -> None:
         super().finalize(status)
         if self._experiment is None or not hasattr(self._experiment, "finish"):
             return
-        run = self._experiment
-        sync_dir = os.path.dirname(run.dir)  # .../wandb/offline-run-<time>-<id>
-        run.finish(exit_code=0 if status == "success" else 1)
-        # A later stage in the same process (``trainer.test`` after ``fit``) resumes this run by id.
+        if status != "success":
+            self.close(exit_code=1)
+        elif self._offline and not self._told_sync:
+            self._told_sync = True
+            sync_dir = os.path.dirname(self._experiment.dir)  # .../wandb/offline-run-<time>-<id>
+            # Printed rather than logged: it is the one line a user must see to get the run online later.
+            print(f"W&B run saved offline in {sync_dir}. Upload it with:\n    wandb sync {sync_dir}")
+
+    def close(self, exit_code: int = 0) -> None:
+        """Finish this logger's W&B run (W&B also finishes open runs when Python exits)."""
+        if self._experiment is not None and hasattr(self._experiment, "finish"):
+            self._experiment.finish(exit_code=exit_code)
         self._experiment = None
-        if self._offline:
-            rank_zero_info(f"W&B run saved offline in {sync_dir}. Upload it with:\n    wandb sync {sync_dir}")
+        if RecipeWandbLogger._open is self:
+            RecipeWandbLogger._open = None

@@ -3,9 +3,21 @@ command writes (``runs/...``) land there, and W&B must choose offline mode by it
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def log_to_this_tests_stderr():
+    """Point Lightning's log handlers at the stream of the running test: a handler bound at import to an earlier
+    test's captured (now closed) stream prints '--- Logging error ---' tracebacks into the next test's output."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.stream = sys.stderr  # not setStream: it flushes the old, closed stream
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
 
@@ -18,7 +16,5 @@ def offline_overrides(path, data_root) -> list[str]:
 
 
 def no_pretrained_weights() -> str:
-    """An overlay that turns off pretrained weights (a YAML null: the command line cannot say None for an enum)."""
-    path = Path("no_pretrained_weights.yaml")
-    path.write_text("model:\n  init_args:\n    net:\n      init_args:\n        weights: null\n")
-    return str(path)
+    """The packaged overlay that turns off pretrained weights (the command line cannot say None for a nested enum)."""
+    return "overlays/no_pretrained"

@@ -33,7 +33,7 @@ VISION_SMOKE = {
     "vision/mnist": [],
     "vision/cifar10": ["--trainer.accelerator=cpu", "--trainer.precision=32", "--trainer.benchmark=false"],
     "vision/imagefolder_finetune": [
-        "--config=no_pretrained_weights.yaml",
+        "--config=overlays/no_pretrained",
         "--data.init_args.image_size=32",
         "--data.init_args.num_workers=0",
         "--trainer.max_epochs=2",
@@ -146,7 +146,7 @@ def test_wandb_runs_offline_with_the_nested_config_once(capsys):
     cli = main(["fit", "--config", "vision/digits", *QUICK])
     out = capsys.readouterr()
     assert "wandb sync" in out.out + out.err
-    runs = list(Path("runs/vision/digits/wandb").glob("offline-run-*/run-*.wandb"))
+    runs = list(Path("runs/vision/digits").glob("version_*/wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     config = wait_for_config(runs[0], "model")
     assert config["model"]["class_path"] == "lightning_modules.vision.ImageClassifier"
@@ -193,7 +193,7 @@ def test_csv_logger_replaces_wandb(tmp_path):
     with open(Path(cli.trainer.logger.log_dir) / "metrics.csv") as f:
         columns = next(csv.reader(f))
     assert {"val/acc", "val/loss", "train/loss"} <= set(columns)
-    assert not Path("runs/vision/digits/wandb").exists()
+    assert not list(Path("runs/vision/digits").glob("*/wandb"))
 
 
 # ---- bad input: one clear message, exit status 2, nothing written is lost ----
