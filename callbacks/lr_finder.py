@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.loops import _Loop
@@ -144,8 +145,9 @@ class LRFinder(Callback):
     torch / numpy / python RNG; loop counters and data loaders; callbacks, loggers and logged metrics. Only the
     learning rate changes:
 
-    * LR of each param group ``g``, relative to the largest (``ref_g`` = one-cycle's ``max_lr``, else ``lr``):
-      during the test ``lr_g = lr_k * ref_g / max(ref)``; afterwards every LR a group or scheduler holds
+    * LR of each param group ``g``, relative to the largest (``ref_g`` = one-cycle's ``max_lr``, else the group's
+      ``initial_lr`` when it has one, the base rate that torch schedulers and ``SnapshotEnsemble`` anneal from, else
+      ``lr``): during the test ``lr_g = lr_k * ref_g / max(ref)``; afterwards every LR a group or scheduler holds
       (``lr``, ``initial_lr``, ``max_lr``, ``min_lr``, ``base_lrs``) is multiplied by ``suggestion / max(ref)``.
       For ``OneCycleLR`` that sets ``max_lr = suggestion`` and keeps ``initial_lr = max_lr / div_factor`` and
       ``min_lr = initial_lr / final_div_factor``; the current LR is recomputed by the scheduler's own ``get_lr``
@@ -176,6 +178,12 @@ class LRFinder(Callback):
     The module's own ``on_train_start`` / ``on_train_epoch_*`` / ``on_train_end`` hooks do run during the test (the
     fit loop calls them); their effects on weights and metric states are undone, other side effects are not. A run
     resumed from a checkpoint skips the initial test: the restored optimizer already holds the LR.
+
+    Iterable training data without a length works with ``max_steps``; ``rerun_at_epochs`` there, or manual optimization
+    (a GAN: several optimizers, no single loss per step), stop at fit start, before any test. With ``SnapshotEnsemble``,
+    in either order, the suggestion becomes the ensemble's restart rate (the ``initial_lr`` it keeps). The first test
+    draws random numbers (data order, dropout) from the RNG as it was at fit setup, so callbacks drawing some in their
+    ``on_fit_start`` (an early data iterator's seed) change nothing whether they come before or after this one.
 
     Args:
         min_lr: First LR of the ladder.
@@ -225,6 +233,7 @@ class LRFinder(Callback):
         self._smoothing = smoothing
         self._warmup = max(3, num_training // 10)
         self._history: list[RangeTest] = []
+        self._setup_rng: dict[str, Any] = {}  # torch / numpy / python RNG states at fit setup
 
     @property
     def state_key(self) -> str:
@@ -246,15 +255,34 @@ class LRFinder(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":  # a second fit with the same callback tests afresh (a resume reloads the history next)
             self._history = []
+            self._setup_rng = _collect_rng_states()
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not pl_module.automatic_optimization:
+            raise MisconfigurationException(
+                f"LRFinder reads one loss per optimizer step and needs automatic optimization, but "
+                f"{type(pl_module).__name__} sets automatic_optimization = False (a GAN steps several optimizers per "
+                "batch). Remove LRFinder and set the learning rates in configure_optimizers."
+            )
+        if self._rerun_at_epochs:
+            if trainer.train_dataloader is None:  # loaded early, as trainer.estimated_stepping_batches does
+                trainer.fit_loop.setup_data()
+            if trainer.train_dataloader is not None and math.isinf(trainer.num_training_batches):
+                raise MisconfigurationException(
+                    f"LRFinder's rerun_at_epochs={sorted(self._rerun_at_epochs)} never come: this run's epoch never "
+                    "ends (an iterable dataset without a length, trained for max_steps). Drop rerun_at_epochs."
+                )
         if trainer.fast_dev_run:
             rank_zero_warn("LRFinder: skipping the range test under fast_dev_run.")
         elif trainer.ckpt_path is not None:
             rank_zero_info("LRFinder: resuming from a checkpoint, whose optimizer already holds the LR; no test.")
         else:
-            self.range_test(trainer, pl_module)
+            with isolate_rng():
+                # Random numbers as at fit setup, so that callbacks drawing some in their on_fit_start before this
+                # one (SnapshotEnsemble's early data iterator draws its seed) change neither data order nor dropout.
+                _set_rng_states(self._setup_rng)
+                self.range_test(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -309,17 +337,23 @@ def _one_cycle(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> OneCycl
     return None
 
 
+def _reference_key(group: dict[str, Any], one_cycle: OneCycleLR | None) -> str:
+    """The LR of a group that its schedule is anchored to, and that the suggestion replaces."""
+    return "max_lr" if one_cycle is not None else "initial_lr" if "initial_lr" in group else "lr"
+
+
 def _reference_lrs(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> list[float]:
-    key = "max_lr" if _one_cycle(trainer, optimizer) else "lr"
-    return [float(group[key]) for group in optimizer.param_groups]
+    one_cycle = _one_cycle(trainer, optimizer)
+    return [float(group[_reference_key(group, one_cycle)]) for group in optimizer.param_groups]
 
 
 def _apply(trainer: pl.Trainer, optimizer: torch.optim.Optimizer, lr: float, references: list[float]) -> None:
     """Give the largest reference LR the value ``lr``; scale every other LR the groups and schedulers hold alike."""
     one_cycle = _one_cycle(trainer, optimizer)
-    key, top = ("max_lr" if one_cycle else "lr"), max(references)
+    top = max(references)
     factors = []
     for group, reference in zip(optimizer.param_groups, references, strict=True):
+        key = _reference_key(group, one_cycle)
         target = lr * (reference / top)  # exactly ``lr`` for the largest group
         factors.append(target / reference if reference else 0.0)
         for name in _LR_KEYS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -68,7 +69,12 @@ class Pruning(Callback):
     Pruned weights stay exactly zero: their gradients are zeroed before every optimizer step (so gradient clipping and
     the update see the sparse network's gradient) and the weights themselves after every step (AdamW's momentum and
     decoupled weight decay would otherwise move them), through an ``Optimizer`` step post-hook. Under autocast the
-    zeros are cast, still zero.
+    zeros are cast, still zero. Both act on the parameters of the optimizer that steps only, so manual optimization
+    works too (``opt.step()`` through Lightning's optimizer fires both): a GAN's discriminator step must not write to
+    the generator's weights, which the generator's backward, still to come, has saved.
+
+    Rounds wait for epoch starts, so in a run whose epoch never ends (an iterable dataset without a length, trained
+    for ``max_steps``, as in RL) a schedule with rounds after epoch 0 stops at fit start; one round at epoch 0 works.
 
     Logged at every training epoch end, measured by counting zeros in the weights: ``pruning/sparsity`` over all
     prunable weights and ``pruning/<layer name>`` per layer.
@@ -211,6 +217,20 @@ class Pruning(Callback):
             )
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        later = [epoch for epoch, _ in self._rounds if epoch > 0]
+        if not later:
+            return
+        if trainer.train_dataloader is None:  # loaded early, as trainer.estimated_stepping_batches does
+            trainer.fit_loop.setup_data()
+        if trainer.train_dataloader is not None and math.isinf(trainer.num_training_batches):
+            raise MisconfigurationException(
+                f"Pruning rounds at the start of epochs {later}, but this run's epoch never ends (an iterable dataset "
+                "without a length, trained for max_steps). Prune in one round with start_epoch=end_epoch=0, or give "
+                "the dataset a length so that epochs end."
+            )
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pruned:  # masks restored from a checkpoint: check they fit this network, then put them to work
             if set(self._pruned) != set(self._params) or any(
@@ -242,10 +262,10 @@ class Pruning(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        for name, pruned in self._pruned.items():
+        for name in self._held_by(optimizer):
             grad = self._params[name].grad
             if grad is not None:
-                grad.masked_fill_(pruned, 0.0)
+                grad.masked_fill_(self._pruned[name], 0.0)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -312,10 +332,15 @@ class Pruning(Callback):
             for param in pl_module.parameters():
                 optimizer.state.pop(param, None)
 
+    def _held_by(self, optimizer: torch.optim.Optimizer) -> list[str]:
+        """The pruned parameters among ``optimizer``'s (its groups may grow mid-fit, so asked at every step)."""
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        return [name for name in self._pruned if id(self._params[name]) in held]
+
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._zero_pruned()
+        self._zero_pruned(self._held_by(optimizer))
 
     @torch.no_grad()
-    def _zero_pruned(self) -> None:
-        for name, pruned in self._pruned.items():
-            self._params[name].masked_fill_(pruned, 0.0)
+    def _zero_pruned(self, names: list[str] | None = None) -> None:
+        for name in self._pruned if names is None else names:
+            self._params[name].masked_fill_(self._pruned[name], 0.0)

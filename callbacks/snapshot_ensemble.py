@@ -45,8 +45,9 @@ class SnapshotEnsemble(Callback):
     ``ModelCheckpoint`` monitoring them fails during the first cycle). Members run through
     ``torch.func.functional_call`` with the snapshot's state dict, so the live weights are never swapped and a crash
     cannot leave the model holding a snapshot. The module's ``forward(inputs)`` must return logits
-    ``(..., num_classes)``; a tuple or list batch has inputs at index 0 and class-index targets at index 1, a dict
-    batch has them under ``input_key``/``target_key``.
+    ``(..., num_classes)``. Inputs and class-index targets come from :func:`core.batches.split_batch`, the one rule
+    for tuple, dict and graph batches (``(x, y)``; a dict's ``input`` and ``target``/``labels``/``y``; a PyG batch
+    and its ``y``); a module whose batches differ defines ``split_batch(batch)`` to override it in one place.
 
     Snapshots are part of the callback's ``state_dict`` and so of every checkpoint: ``recipe test --ckpt_path ...``
     (or ``trainer.test``/``validate`` with ``ckpt_path``) evaluates the saved ensemble without training, and
@@ -54,6 +55,14 @@ class SnapshotEnsemble(Callback):
     order, with ``torch.save`` to ``<trainer.log_dir>/<predictions_filename>`` (one file per rank, prefixed
     ``rank{r}-``, under DDP). The learning rate is a pure function of ``trainer.global_step``, so a run resumed
     mid-cycle gets the same schedule and the same snapshots as an uninterrupted one.
+
+    Each group's :math:`\alpha_0` is read at train start, after every callback's ``on_fit_start`` (where
+    ``LRFinder`` applies its suggestion, so the order of the two callbacks does not matter), and kept in the param
+    group under ``"initial_lr"``, torch schedulers' key for a base rate, so it travels with the optimizer's state in
+    checkpoints and ``LRFinder`` reruns rescale it. A group added mid-fit (``BackboneFinetuning`` unfreezing a
+    backbone) gets the :math:`\alpha_0` that keeps the ratio its rate had to group 0's current rate when it appeared.
+    Iterable training data without a length works with ``max_steps``. Manual optimization (a GAN) is refused at fit
+    start: its ``global_step`` counts every optimizer's steps, and its ``forward`` need not map inputs to logits.
 
     Unlike Lightning's ``StochasticWeightAveraging`` and ``WeightAveraging``, which average *weights* and swap the
     average into the module, this keeps separate members and averages their *predictions*; it owns the learning rate
@@ -64,13 +73,12 @@ class SnapshotEnsemble(Callback):
         cycles: Number of cosine cycles :math:`M` (the paper uses 5-6). At least 2.
         ensemble_size: How many of the last snapshots form the ensemble (:math:`m` in the paper); ``None`` keeps all
             :math:`M`. Older snapshots are dropped, also from checkpoints.
-        lr: The restart learning rate :math:`\alpha_0` for every parameter group; ``None`` uses each group's learning
-            rate as the optimizer was configured (the paper uses a large one, e.g. 0.1-0.2 for SGD).
+        lr: The restart learning rate :math:`\alpha_0` for every parameter group present at train start; ``None``
+            uses each group's learning rate at train start, as configured or as ``LRFinder`` set it (the paper uses a
+            large one, e.g. 0.1-0.2 for SGD).
         device: Where snapshots are stored (``"cpu"`` keeps accelerator memory free while training; the members are
             copied to the module's device once per evaluation epoch and dropped after it). ``None`` keeps them on the
             module's device throughout.
-        input_key: Key of the inputs in a dict batch.
-        target_key: Key of the class-index targets in a dict batch.
         predictions_filename: File name of the ensemble's predictions written by ``predict``.
     """
 
@@ -80,8 +88,6 @@ class SnapshotEnsemble(Callback):
         ensemble_size: int | None = None,
         lr: float | None = None,
         device: str | None = "cpu",
-        input_key: str = "input",
-        target_key: str = "target",
         predictions_filename: str = "ensemble_predictions.pt",
     ) -> None:
         if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 2:
@@ -108,10 +114,6 @@ class SnapshotEnsemble(Callback):
                     f"device must be a torch device string such as 'cpu' or 'cuda', or None for the module's device, "
                     f"got {device!r}."
                 ) from err
-        if not input_key or not target_key:
-            raise MisconfigurationException(
-                f"input_key and target_key must be non-empty, got {input_key!r} and {target_key!r}."
-            )
         if not predictions_filename or os.sep in predictions_filename or predictions_filename in (".", ".."):
             raise MisconfigurationException(
                 f"predictions_filename must be a plain file name (it is written in the trainer's log directory), "
@@ -121,12 +123,9 @@ class SnapshotEnsemble(Callback):
         self._ensemble_size = ensemble_size or cycles
         self._lr = None if lr is None else float(lr)
         self._device = None if device is None else torch.device(device)
-        self._input_key = input_key
-        self._target_key = target_key
         self._predictions_filename = predictions_filename
 
         self._total_steps: int | None = None
-        self._base_lrs: list[list[float]] = []  # [optimizer][param group] -> alpha0
         self._snapshots: list[dict[str, Any]] = []  # {"cycle", "step", "state_dict"}, oldest first
         self._last_snapshot_step = 0
         self._metrics: dict[str, tuple[Metric, Metric]] = {}
@@ -162,8 +161,9 @@ class SnapshotEnsemble(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
             raise MisconfigurationException(
-                "SnapshotEnsemble counts optimizer steps through trainer.global_step and needs automatic optimization; "
-                "remove it from modules that set automatic_optimization = False."
+                "SnapshotEnsemble needs automatic optimization: under manual optimization (a GAN) trainer.global_step "
+                "counts every optimizer's steps and forward need not map inputs to logits. Remove it from modules "
+                "that set automatic_optimization = False."
             )
         if trainer.lr_scheduler_configs:
             names = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
@@ -196,10 +196,16 @@ class SnapshotEnsemble(Callback):
                 "cycles move, so snapshots taken so far need not sit at the new cycle ends."
             )
         self._total_steps = total
-        self._base_lrs = [
-            [self._lr if self._lr is not None else group["lr"] for group in optimizer.param_groups]
-            for optimizer in trainer.optimizers
-        ]
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After every on_fit_start, LRFinder's included; a resume has restored the optimizer's alpha0 by now.
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                if self._lr is not None:
+                    group["initial_lr"] = self._lr
+                else:
+                    group.setdefault("initial_lr", group["lr"])
 
     def _cycle_length(self) -> int:
         assert self._total_steps is not None
@@ -214,9 +220,15 @@ class SnapshotEnsemble(Callback):
         length = self._cycle_length()
         t = trainer.global_step + 1  # the 1-based step the next optimizer.step() will take
         scale = 0.5 * (math.cos(math.pi * ((t - 1) % length) / length) + 1.0)
-        for optimizer, base_lrs in zip(trainer.optimizers, self._base_lrs, strict=True):
-            for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base_lr * scale
+        for optimizer in trainer.optimizers:
+            first = optimizer.param_groups[0]
+            for group in optimizer.param_groups:
+                if "initial_lr" not in group:  # added since the last step (BackboneFinetuning); before writing group 0
+                    # Eq. 2's scale is > 0, so group 0's rate is too unless its alpha0 is 0.
+                    ratio = group["lr"] / first["lr"] if first["lr"] > 0 else None
+                    group["initial_lr"] = group["lr"] if ratio is None else first["initial_lr"] * ratio
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * scale
 
     @override
     def on_train_batch_end(
@@ -260,8 +272,9 @@ class SnapshotEnsemble(Callback):
         inputs, targets = split_batch(batch, pl_module)
         if targets is None:
             raise MisconfigurationException(
-                "SnapshotEnsemble needs class-index targets to score the ensemble: a tuple/list batch at index 1, a "
-                f"dict batch under target_key={self._target_key!r}."
+                "SnapshotEnsemble needs class-index targets to score the ensemble, and core.batches.split_batch found "
+                "none in this batch (index 1 of a tuple, a dict's 'target'/'labels'/'y'); define split_batch(batch) "
+                "on the module to say where they are."
             )
         members = self._ensemble_log_probs(trainer, pl_module, inputs)
         num_classes = members.shape[-1]

@@ -88,6 +88,16 @@ class TinyClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=5)}
 
 
+class KeyedClassifier(TinyClassifier):
+    """Dict batches whose keys the batch rule does not know as inputs: the module says where they are, once."""
+
+    def __init__(self) -> None:
+        super().__init__(as_dict=True)
+
+    def split_batch(self, batch):
+        return batch["features"], batch["label"]
+
+
 class StepProbe(Callback):
     """Record every optimizer step's learning rates, and the live weights after the steps in ``capture_at``."""
 
@@ -238,17 +248,17 @@ def test_test_and_predict_load_the_ensemble_from_a_checkpoint(plain, as_dict, tm
     x, y = data.dataset.x, data.dataset.y
     probs = member_probabilities(TinyClassifier(), plain.callback.snapshots, x).mean(0)  # (64, 3)
 
-    keys = {"input_key": "features", "target_key": "label"} if as_dict else {}
-    fresh = SnapshotEnsemble(cycles=3, **keys)
+    module = KeyedClassifier if as_dict else TinyClassifier
+    fresh = SnapshotEnsemble(cycles=3)
     trainer = make_trainer(callbacks=[fresh], default_root_dir=tmp_path)
-    metrics = trainer.test(TinyClassifier(as_dict=as_dict), data, ckpt_path=last, verbose=False)[0]
+    metrics = trainer.test(module(), data, ckpt_path=last, verbose=False)[0]
     assert fresh.snapshot_cycles == [1, 2, 3]
     assert metrics["test/ensemble_acc"] == pytest.approx(float((probs.argmax(1) == y).float().mean()))
     assert metrics["test/ensemble_nll"] == pytest.approx(float(-probs[torch.arange(64), y].log().mean()), abs=1e-5)
     assert {f"test/snapshot_{k}_acc" for k in (1, 2, 3)} <= set(metrics)
 
-    trainer = make_trainer(callbacks=[SnapshotEnsemble(cycles=3, **keys)], default_root_dir=tmp_path / "predict")
-    trainer.predict(TinyClassifier(as_dict=as_dict), data, ckpt_path=last)
+    trainer = make_trainer(callbacks=[SnapshotEnsemble(cycles=3)], default_root_dir=tmp_path / "predict")
+    trainer.predict(module(), data, ckpt_path=last)
     written = torch.load(tmp_path / "predict" / "ensemble_predictions.pt")
     assert written.shape == (64, 3)
     assert torch.allclose(written, probs, atol=1e-6)
@@ -286,7 +296,6 @@ def test_a_run_too_short_for_its_cycles_is_refused():
         ({"lr": 0.0}, "lr must be a positive number"),
         ({"lr": float("nan")}, "lr must be a positive number"),
         ({"device": "gpu0"}, "device must be a torch device string"),
-        ({"input_key": ""}, "input_key and target_key must be non-empty"),
         ({"predictions_filename": "out/p.pt"}, "predictions_filename must be a plain file name"),
     ],
 )
