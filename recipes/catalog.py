@@ -1,7 +1,10 @@
 """The packaged recipes: find one by name (``vision/digits``) and describe them all for ``recipe list``.
 
 Recipes ship inside the ``recipes`` package as ``<domain>/<name>.yaml`` so ``pip install`` users can run them
-without a clone. A recipe's first comment line is its one-line description. Overlays in ``overlays/`` (debug
+without a clone. A recipe's first comment line is its one-line description. A recipe that is another one plus a
+change says so on a comment line ``# extends: <domain>/<name>`` and holds only the change: the command stacks the
+base before it (``--config base --config recipe``), so a comparison between the two stays valid when the base
+changes. Overlays in ``overlays/`` (debug
 switches to stack on any recipe) are found by name the same way but are not recipes of their own.
 """
 
@@ -42,6 +45,44 @@ def find(name: str) -> Path | None:
     return candidate if "/" in stem and candidate.is_file() else None
 
 
+def bases(path: Path) -> list[Path]:
+    """The recipes ``path`` extends (its ``# extends:`` comment lines at the top), resolved to paths."""
+    found = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if line.lstrip("# ").startswith("extends:"):
+            name = line.split("extends:", 1)[1].strip()
+            base = find(name)
+            if base is None:
+                raise FileNotFoundError(f"{path} extends '{name}', which is not a packaged recipe or a file")
+            found.append(base)
+    return found
+
+
+def expand(path: Path) -> list[Path]:
+    """The configs to stack for ``path``: its bases (recursively, in order), then ``path`` itself."""
+    return [p for base in bases(path) for p in expand(base)] + [Path(path)]
+
+
+def merged(path: Path) -> dict:
+    """The recipe's YAML with its bases merged in, as the stacked configs resolve (mappings merge, the rest
+    replaces)."""
+
+    def merge(into: dict, update: dict) -> dict:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+        return into
+
+    config: dict = {}
+    for part in expand(path):
+        merge(config, yaml.safe_load(part.read_text()) or {})
+    return config
+
+
 def recipe_name(path: Path) -> str:
     """``vision/digits`` for a packaged recipe, the file stem for any other config."""
     path = path.resolve()
@@ -56,7 +97,7 @@ def _short(class_path: str | None) -> str:
 
 def describe(path: Path) -> Recipe:
     text = path.read_text()
-    config = yaml.safe_load(text) or {}
+    config = merged(path)
     first = text.splitlines()[0] if text else ""
     description = first.lstrip("#").strip() if first.startswith("#") else ""
     model = config.get("model") or {}

@@ -51,7 +51,8 @@ def _resolve_configs(argv: list[str]) -> tuple[list[str], str | None]:
                     f"no config file or packaged recipe named '{value}'. Give a path to a YAML file, or a recipe "
                     "name such as vision/digits (`recipe list` shows them all)."
                 )
-            out += ["--config", str(path)]
+            for part in catalog.expand(path):  # a recipe that extends another stacks on it
+                out += ["--config", str(part)]
             name = name or catalog.recipe_name(Path(path))
         i += 1
     return out, name

@@ -40,5 +40,5 @@ def fake_data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_mnist(root)
     write_cifar10(root)
-    write_image_folder(root, per_class=6, side=32, splits=("train", "val"))
+    write_image_folder(root, per_class=6, side=32, splits=("train", "val", "test"))
     return root

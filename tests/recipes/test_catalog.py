@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from recipe_flags import offline_overrides
 
@@ -21,7 +20,7 @@ def test_recipes_are_packaged():
 
 @pytest.mark.parametrize("path", RECIPES, ids=[catalog.recipe_name(p) for p in RECIPES])
 def test_recipe_parses_and_instantiates(path, fake_data_root):
-    config = yaml.safe_load(path.read_text())
+    config = catalog.merged(path)
     cli = main(["--config", str(path), *offline_overrides(path, fake_data_root)], run=False)
     assert isinstance(cli.model, LightningModule)
     assert isinstance(cli.datamodule, LightningDataModule)

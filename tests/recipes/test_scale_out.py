@@ -56,22 +56,32 @@ def test_digits_ddp_two_processes_sync_metrics_and_checkpoint_once(tmp_path):
 
 
 def test_digits_bf16_mixed_precision_trains_in_bfloat16():
+    # A few small steps: what bf16-mixed must do is visible at once, and a CPU without native bf16 (an AVX2-only
+    # x86) emulates it slowly, so the test stays short everywhere.
     cli = main(
         [
             "--config",
             "vision/digits",
             "--trainer.precision=bf16-mixed",
-            "--trainer.max_epochs=4",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
             "--trainer.logger=false",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_checkpointing=false",
+            "--data.init_args.batch_size=16",
+            "--data.init_args.eval_batch_size=16",
         ],
         run=False,
     )
     seen = set()
     cli.model.net.fc.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    assert torch.bfloat16 in seen
+    assert cli.trainer.global_step == 3
+    assert seen == {torch.bfloat16}  # every forward, training and validation, ran under bf16 autocast
     assert all(p.dtype == torch.float32 for p in cli.model.parameters())  # master weights stay fp32
-    assert float(cli.trainer.callback_metrics["val/acc"]) > 0.9
+    for key in ("train/loss", "val/loss"):
+        assert torch.isfinite(cli.trainer.callback_metrics[key]), key
 
 
 @pytest.mark.slow
