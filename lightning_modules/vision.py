@@ -39,6 +39,12 @@ class ImageClassifier(Classifier):
         cutmix_alpha: Beta(alpha, alpha) for CutMix; 0 turns it off. With both on, each batch picks one at random.
         channels_last: Run the network in channels-last memory format (faster convolutions on CPUs and tensor cores).
         class_names: Names for the confusion matrix axes; indices are used when not given.
+
+    Input normalisation belongs to the model: ``forward`` takes images as the DataModule yields them (uint8, or
+    floats in ``[0, 1]``) and subtracts ``input_mean`` / divides by ``input_std``, buffers that travel in every
+    checkpoint. At the start of ``fit`` they are taken from the DataModule's ``normalization`` property (per-channel
+    ``(mean, std)`` of the training split) when it has one, so ``ImageClassifier.load_from_checkpoint(path)`` applied
+    to raw images gives the probabilities ``recipe predict`` gives.
     """
 
     def __init__(
@@ -71,6 +77,8 @@ class ImageClassifier(Classifier):
         head = [name for name, m in self.net.named_modules() if isinstance(m, nn.Linear)][-1]
         self._head = head.split(".")[0]
         self.channels_last = channels_last
+        self.register_buffer("input_mean", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("input_std", torch.ones(1, in_channels, 1, 1))
         self.example_input_array = torch.zeros(2, in_channels, image_size, image_size)
         mixers = [
             m(alpha=a, num_classes=num_classes) for m, a in ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if a
@@ -78,6 +86,9 @@ class ImageClassifier(Classifier):
         self.mix = v2.RandomChoice(mixers) if mixers else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        x = (x - self.input_mean) / self.input_std  # (B, C, H, W)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
@@ -87,7 +98,25 @@ class ImageClassifier(Classifier):
         """The network without its classifier head: what ``BackboneFinetuning`` freezes and later unfreezes."""
         return nn.ModuleList(m for name, m in self.net.named_children() if name != self._head)
 
+    def set_normalization(self, mean, std) -> None:
+        """Set the per-channel input statistics ``forward`` normalises with (sequences of ``in_channels`` floats)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        if mean.shape != self.input_mean.shape or std.shape != self.input_std.shape:
+            raise ValueError(
+                f"normalization statistics for {mean.shape[1]} channels given to a model of "
+                f"{self.input_mean.shape[1]} input channels"
+            )
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std.clamp_min(1e-6))
+
     def setup(self, stage: str) -> None:
+        # In setup, not on_fit_start: callbacks' on_fit_start (an LR range test) already runs the model. The
+        # DataModule's setup, which computes the training split's statistics, has run by now.
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        stats = getattr(datamodule, "normalization", None) if stage == "fit" else None
+        if stats is not None:
+            self.set_normalization(*stats)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 

@@ -88,6 +88,20 @@ class RecipeCLI(LightningCLI):
         init_args = model.get("init_args") if model is not None and hasattr(model, "get") else None
         return init_args if init_args is not None else {}
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            # Lightning stops the other processes when a child of its DDP launcher fails, but not when this, the
+            # first process, fails: they would wait in their next collective until its timeout. End them now.
+            from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+            from lightning.pytorch.trainer.connectors.signal_connector import _get_sigkill_signal
+
+            launcher = getattr(self.trainer.strategy, "launcher", None)
+            if isinstance(launcher, _SubprocessScriptLauncher):
+                launcher.kill(_get_sigkill_signal())
+            raise
+
     def after_fit(self) -> None:
         """Say where the run went and how it ended: the one thing a user looks for after training."""
         if not self.trainer.is_global_zero:

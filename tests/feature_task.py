@@ -120,3 +120,17 @@ class IrisAsNodes(IrisWithoutClassCount):
 
     num_node_features = 4
     num_node_classes = 3
+
+
+class NaNOnRank(FeatureClassifier):
+    """A ``FeatureClassifier`` whose loss turns NaN on one DDP rank from its second step: one process fails."""
+
+    def __init__(self, bad_rank: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.bad_rank = bad_rank
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training and self.global_rank == self.bad_rank and self.global_step >= 1:
+            out = out * float("nan")
+        return out

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,8 @@ def test_digits_ddp_two_processes_sync_metrics_and_checkpoint_once(tmp_path):
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    run = tmp_path / "version_0"  # the run's own directory, shared by both processes
+    ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     # Each process validated its own share of the batches...
     assert ranks[0]["val_batches"] != ranks[1]["val_batches"]
@@ -49,9 +51,9 @@ def test_digits_ddp_two_processes_sync_metrics_and_checkpoint_once(tmp_path):
         assert ranks[0]["metrics"][key] == pytest.approx(ranks[1]["metrics"][key], abs=1e-6)
     assert ranks[0]["metrics"]["val/acc"] > 0.5
 
-    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert len(checkpoints) == 2 and "last.ckpt" in checkpoints, checkpoints  # one best, one last: rank zero only
-    reloaded = ImageClassifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    reloaded = ImageClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
     assert reloaded.hparams.num_classes == 10
 
 
@@ -100,3 +102,31 @@ def test_digits_recipe_reaches_97_percent_validation_accuracy():
         ]
     )
     assert float(test.trainer.callback_metrics["test/acc"]) >= 0.96
+
+
+@pytest.mark.slow
+def test_one_failing_rank_ends_the_whole_job_with_its_message(tmp_path):
+    # Rank 0, the process the user started: Lightning's launcher already ends the job when a child it started fails,
+    # but left the children waiting in their next collective when the first process failed.
+    bad_rank = 0
+    recipe = Path(sys.executable).with_name("recipe")
+    args = [
+        str(recipe),
+        "fit",
+        "--model=feature_task.NaNOnRank",
+        f"--model.bad_rank={bad_rank}",
+        "--data=feature_task.IrisData",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=20",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    start = time.monotonic()
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert "error: train/loss is nan at step 1" in done.stderr, done.stderr[-3000:]
+    assert time.monotonic() - start < 200  # no process left waiting in a collective for its 30-minute timeout
