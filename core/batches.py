@@ -14,6 +14,7 @@ takes as its single argument and ``targets`` is ``None`` when the batch holds no
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,8 +23,10 @@ INPUT_KEYS = ("input", "inputs", "x")
 
 
 def _is_graph(batch: Any) -> bool:
-    # Duck-typed so that this module never imports torch_geometric (slow to import, and optional for most domains).
-    return type(batch).__module__.startswith("torch_geometric") and hasattr(batch, "edge_index")
+    # A PyG object exists only once torch_geometric is imported, so this module never imports it (slow, and not
+    # needed by most domains). PyG's Batch classes are made at run time, so the check is isinstance, not a name.
+    pyg = sys.modules.get("torch_geometric.data.data")
+    return pyg is not None and isinstance(batch, pyg.BaseData)
 
 
 def default_split(batch: Any) -> tuple[Any, Any]:
