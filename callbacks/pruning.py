@@ -58,8 +58,9 @@ class Pruning(Callback):
       lets pruned weights grow back; without it the ``_orig``/``_mask`` keys do not load into a fresh network
       (and weights-only checkpoints skip callbacks' ``on_save_checkpoint``, so they always carry those keys).
       Here ``weight`` stays the same ``nn.Parameter`` and is zeroed in place: the module's ``state_dict`` and every
-      checkpoint are the plain network (they load with ``strict=True`` into an unpruned one, and ``recipe test``
-      needs no callback state), while the masks travel in this callback's own state and are re-attached on resume.
+      checkpoint, weights-only ones included, are the plain network (they load with ``strict=True`` into an unpruned
+      one, and ``recipe test`` needs no callback state), while the masks travel in this callback's own state and are
+      re-attached on resume.
     * Its lottery-ticket reset assigns ``weight_orig.data = copy.data``, so the live weights share storage with the
       saved copy and training overwrites it: from the second round on it "rewinds" to the current weights. It only
       rewinds to the weights at ``setup``, only the tensors it prunes (never buffers such as BatchNorm statistics),

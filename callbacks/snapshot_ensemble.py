@@ -49,11 +49,12 @@ class SnapshotEnsemble(Callback):
     for tuple, dict and graph batches (``(x, y)``; a dict's ``input`` and ``target``/``labels``/``y``; a PyG batch
     and its ``y``); a module whose batches differ defines ``split_batch(batch)`` to override it in one place.
 
-    Snapshots are part of the callback's ``state_dict`` and so of every checkpoint: ``recipe test --ckpt_path ...``
-    (or ``trainer.test``/``validate`` with ``ckpt_path``) evaluates the saved ensemble without training, and
-    ``recipe predict --ckpt_path ...`` writes the ensemble's mean probabilities, ``(N, ..., num_classes)`` in dataloader
-    order, with ``torch.save`` to ``<trainer.log_dir>/<predictions_filename>`` (one file per rank, prefixed
-    ``rank{r}-``, under DDP). The learning rate is a pure function of ``trainer.global_step``, so a run resumed
+    Snapshots are part of the callback's ``state_dict`` and so of every full checkpoint (a ``ModelCheckpoint`` with
+    ``save_weights_only=True``, which leaves callback states out, is refused at fit setup): ``recipe test
+    --ckpt_path ...`` (or ``trainer.test``/``validate`` with ``ckpt_path``) evaluates the saved ensemble without
+    training, and ``recipe predict --ckpt_path ...`` writes the ensemble's mean probabilities, ``(N, ..., num_classes)``
+    in dataloader order, with ``torch.save`` to ``<trainer.log_dir>/<predictions_filename>`` (one file per rank,
+    prefixed ``rank{r}-``, under DDP). The learning rate is a pure function of ``trainer.global_step``, so a run resumed
     mid-cycle gets the same schedule and the same snapshots as an uninterrupted one.
 
     Each group's :math:`\alpha_0` is read at train start, after every callback's ``on_fit_start`` (where
@@ -67,7 +68,9 @@ class SnapshotEnsemble(Callback):
     Unlike Lightning's ``StochasticWeightAveraging`` and ``WeightAveraging``, which average *weights* and swap the
     average into the module, this keeps separate members and averages their *predictions*; it owns the learning rate
     for the whole run, so a module that also returns an LR scheduler is refused rather than silently overridden, and
-    it sets the rate per optimizer step instead of per epoch. Sharded strategies (FSDP, DeepSpeed) are not supported.
+    it sets the rate per optimizer step instead of per epoch. For the same reason a Trainer takes one copy: a second
+    one (other ``cycles``) would write the rate too and log the same metric names. Sharded strategies (FSDP,
+    DeepSpeed) are not supported.
 
     Args:
         cycles: Number of cosine cycles :math:`M` (the paper uses 5-6). At least 2.
@@ -154,8 +157,23 @@ class SnapshotEnsemble(Callback):
                 "SnapshotEnsemble needs whole state dicts and does not support sharded strategies (FSDP, DeepSpeed). "
                 "Use DDP or a single device."
             )
-        if stage == "fit":  # a second fit with the same callback starts a new ensemble (a resume reloads it next)
-            self._snapshots, self._last_snapshot_step = [], 0
+        copies = [c for c in trainer.callbacks if isinstance(c, SnapshotEnsemble)]
+        if len(copies) > 1:
+            cycles = " and ".join(f"cycles={c._cycles}" for c in copies)
+            raise MisconfigurationException(
+                f"{len(copies)} SnapshotEnsemble callbacks ({cycles}) would all set the learning rate, each "
+                "overwriting the other's schedule, and log the same metrics; keep one."
+            )
+        if stage != "fit":
+            return
+        if any(getattr(c, "save_weights_only", False) for c in trainer.checkpoint_callbacks):
+            raise MisconfigurationException(
+                "SnapshotEnsemble keeps its snapshots in its checkpoint state, which ModelCheckpoint(save_weights_only="
+                "True) leaves out, so its checkpoints could not test or predict the ensemble; set save_weights_only="
+                "False (--checkpoint.save_weights_only=false)."
+            )
+        # A second fit with the same callback starts a new ensemble (a resume reloads it next).
+        self._snapshots, self._last_snapshot_step = [], 0
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

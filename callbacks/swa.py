@@ -36,6 +36,36 @@ def _holds(group: dict[str, Any], averaged: set[int]) -> bool:
     return any(id(p) in averaged for p in group["params"])
 
 
+def _overlap(a: str | None, b: str | None) -> bool:
+    """Whether the submodules at attribute paths ``a`` and ``b`` (``None``: the whole module) share weights."""
+    return a is None or b is None or a == b or a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
+def _average_weights_only_checkpoints(trainer: pl.Trainer) -> None:
+    """Make the weights-only checkpoints this trainer writes hold the average of every SWA callback attached to it.
+
+    Lightning builds a weights-only checkpoint (``ModelCheckpoint(save_weights_only=True)``,
+    ``trainer.save_checkpoint(path, weights_only=True)``) without calling any callback hook, so ``on_save_checkpoint``
+    never sees it. Its ``state_dict`` is written in the checkpoint connector's ``dump_checkpoint``, which is wrapped
+    here once per trainer. The wrapper asks ``trainer.callbacks`` at every save, so it stays in place harmlessly.
+    """
+    connector = trainer._checkpoint_connector
+    if getattr(connector.dump_checkpoint, "_writes_swa_averages", False):
+        return
+    dump = connector.dump_checkpoint
+
+    def dump_checkpoint(weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = dump(weights_only)
+        if weights_only:  # a full checkpoint gets the average in SWA.on_save_checkpoint, with the raw weights
+            for callback in trainer.callbacks:
+                if isinstance(callback, SWA) and callback.n_averaged > 0:
+                    callback._write_average(trainer, trainer.lightning_module, checkpoint)
+        return checkpoint
+
+    dump_checkpoint._writes_swa_averages = True  # type: ignore[attr-defined]
+    connector.dump_checkpoint = dump_checkpoint
+
+
 class SWA(Callback):
     r"""Average the weights visited late in training, and evaluate and checkpoint the average.
 
@@ -55,8 +85,10 @@ class SWA(Callback):
 
     * validation and every checkpoint's ``state_dict`` hold the averaged weights once one update has happened, so the
       best and last checkpoints are SWA models that ``recipe test`` or ``load_from_checkpoint`` use as they are;
-    * the live (raw) weights travel in this callback's checkpoint state, so a resumed run continues the raw
-      trajectory and the same average; after ``fit`` the module holds the average;
+      weights-only checkpoints (``ModelCheckpoint(save_weights_only=True)``) too, although Lightning calls no
+      callback hook for them (see ``_average_weights_only_checkpoints``);
+    * the live (raw) weights of the averaged (sub)module travel in this callback's checkpoint state, so a resumed run
+      continues the raw trajectory and the same average; after ``fit`` the module holds the average;
     * the learning rate is written before each step as a pure function of the steps taken since averaging began, so
       it overrides any scheduler, step-wise ones such as OneCycle included, and survives resume.
 
@@ -82,6 +114,9 @@ class SWA(Callback):
       keeps the ratio its lr had to group 0's current lr when it appeared.
     * Pruning: with ``keep_zeros``, entries exactly zero in the live weights (pruned ones) are zero in the average
       that is validated, checkpointed and handed back, so the SWA model is as sparse as the pruned one.
+    * Two copies in one Trainer must average disjoint submodules (an EMA of a GAN's generator and an SWA of its
+      discriminator): validation and checkpoints hold one set of weights, and copies averaging the same weights would
+      each restore the other's average as the live weights, so they stop at fit setup.
 
     Args:
         swa_start: When averaging begins. An ``int`` is a 0-based epoch: its end is the first update. A ``float`` in
@@ -103,7 +138,8 @@ class SWA(Callback):
         module: Attribute path of the submodule to average (e.g. ``"generator"``), or ``None`` for the whole module.
         keep_zeros: Zero the average wherever the live weights are exactly zero (pruned), when it is evaluated,
             checkpointed or handed back; the running average itself is untouched.
-        device: Where the average lives: ``None`` for the model's device, or e.g. ``"cpu"`` to spare GPU memory.
+        device: Where the average lives: ``None`` for the model's device (also after a resume, whose checkpoint holds
+            it on CPU), or e.g. ``"cpu"`` to spare GPU memory at the price of a device-to-host copy per update.
     """
 
     def __init__(
@@ -179,6 +215,7 @@ class SWA(Callback):
         self._eval_state: dict[str, Tensor] | None = None  # average with recomputed BN stats, for _eval_key
         self._eval_key: tuple[int, tuple[int, ...]] | None = None  # (n_averaged, live zeros per parameter)
         self._live_backup: dict[str, Tensor] | None = None  # raw weights while the average is swapped in
+        self._misplaced = False  # loaded from a checkpoint (on CPU), not yet moved beside the weights (device=None)
 
     @property
     @override
@@ -215,9 +252,21 @@ class SWA(Callback):
                     f"SWA's module={self.module!r} is not a submodule of {type(pl_module).__name__}; give the "
                     "attribute path of the network to average, e.g. 'generator'."
                 ) from err
+        copies = [c for c in trainer.callbacks if isinstance(c, SWA)]
+        for i, first in enumerate(copies):
+            second = next((c for c in copies[i + 1 :] if _overlap(first.module, c.module)), None)
+            if second is not None:
+                raise MisconfigurationException(
+                    f"Two SWA callbacks average the same weights (module={first.module!r} and "
+                    f"module={second.module!r}), but validation and checkpoints hold one set of weights and each would "
+                    "restore the other's average as the live weights. Keep one, or give each its own submodule (e.g. "
+                    "'generator', 'discriminator')."
+                )
+        _average_weights_only_checkpoints(trainer)
         # A second fit with the same callback averages afresh (a resume reloads the state next).
         self._average, self._n_averaged, self._start_step, self._last_update_step = {}, 0, None, -1
         self._start_lrs, self._eval_state, self._eval_key, self._live_backup = None, None, None, None
+        self._misplaced = False
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -278,6 +327,19 @@ class SWA(Callback):
             raise MisconfigurationException(
                 f"SWA anneals the lr over annealing_epochs={self.annealing_epochs}, {never}. Set annealing_steps."
             )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._place(pl_module)  # a resume restored the average before the module moved to its device
+
+    def _place(self, pl_module: pl.LightningModule) -> None:
+        """With ``device=None``, move an average that a checkpoint brought back on CPU beside the weights it averages,
+        once, so that updates never copy between host and device."""
+        if not self._misplaced:
+            return
+        live = dict(self._named_state(pl_module))
+        self._average = {name: t.to(live[name].device) if name in live else t for name, t in self._average.items()}
+        self._misplaced = False
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -364,6 +426,7 @@ class SWA(Callback):
                     "SWA: the module's parameters changed names since averaging began "
                     f"({sorted(live.keys() ^ self._average.keys())[:5]}). Keep the architecture fixed while averaging."
                 )
+            self._place(pl_module)  # reloaded mid-fit (LRFinder's reruns restore a checkpoint at an epoch start)
             names = list(self._average)
             averaged = [self._average[name] for name in names]
             current = [live[name].detach().to(averaged[i].device, torch.float32) for i, name in enumerate(names)]
@@ -465,7 +528,7 @@ class SWA(Callback):
             "start_step": self._start_step,
             "last_update_step": self._last_update_step,
             "start_lrs": self._start_lrs,
-            "average": {name: t.cpu() for name, t in self._average.items()},
+            "average": {name: t.detach().to("cpu", copy=True) for name, t in self._average.items()},  # no alias
         }
 
     @override
@@ -474,7 +537,9 @@ class SWA(Callback):
         self._start_step = state_dict["start_step"]
         self._last_update_step = state_dict["last_update_step"]
         self._start_lrs = state_dict["start_lrs"]
-        self._average = {name: t.to(self.device) if self.device else t for name, t in state_dict["average"].items()}
+        # Copies: the running average is updated in place and must not write into the caller's dict.
+        self._average = {name: t.to(self.device or t.device, copy=True) for name, t in state_dict["average"].items()}
+        self._misplaced = self.device is None
         self._eval_state, self._eval_key = None, None
 
     @override
@@ -484,18 +549,30 @@ class SWA(Callback):
         if self._n_averaged == 0:
             return
         # Checkpoints are evaluated, reloaded and exported as the average; the raw weights ride along for resuming.
-        live = checkpoint["state_dict"]
+        checkpoint["callbacks"][self.state_key]["live_state_dict"] = self._write_average(trainer, pl_module, checkpoint)
+
+    def _write_average(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> dict[str, Tensor]:
+        """Put the evaluated average into ``checkpoint["state_dict"]``; return the raw entries of the averaged
+        (sub)module, whose names it shares with no other SWA callback's."""
+        state = checkpoint["state_dict"]
+        prefix = f"{self.module}." if self.module is not None else ""
+        live = {name: t for name, t in state.items() if name.startswith(prefix)}
         if self._live_backup is not None:  # saved mid-validation, while the average is swapped in
-            live = {**live, **{name: t.clone() for name, t in self._live_backup.items()}}
+            live.update({name: t.clone() for name, t in self._live_backup.items()})
         evaluation = self._evaluation_state(trainer, pl_module)
-        checkpoint["callbacks"][self.state_key]["live_state_dict"] = live
-        checkpoint["state_dict"] = {name: evaluation.get(name, t) for name, t in live.items()}
+        checkpoint["state_dict"] = {name: evaluation.get(name, t) for name, t in state.items()}
+        return live
 
     @override
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        state = checkpoint.get("callbacks", {}).get(self.state_key, {})
-        if trainer.state.fn == "fit" and state.get("live_state_dict") is not None:
-            # Lightning has just loaded the average into the module; training resumes from the raw weights.
-            pl_module.load_state_dict(state["live_state_dict"])
+        live = checkpoint.get("callbacks", {}).get(self.state_key, {}).get("live_state_dict")
+        if trainer.state.fn == "fit" and live is not None:
+            # Lightning has just loaded the average into the module; training resumes from the raw weights. Only this
+            # callback's (sub)module: another SWA's raw weights are its to restore.
+            prefix = f"{self.module}." if self.module is not None else ""
+            own = {name[len(prefix) :]: t for name, t in live.items() if name.startswith(prefix)}
+            self._target(pl_module).load_state_dict(own)

@@ -309,14 +309,37 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
         LRFinder(**kwargs)
 
 
-def test_state_dict_round_trip_and_state_key():
+def test_state_dict_round_trip():
     x, y, L = least_squares_data()
     finder = LRFinder(min_lr=1e-3 / L, max_lr=100 / L, num_training=50)
     _trainer([finder]).fit(LeastSquares(x, y, lr=0.1 / L))
     copy = LRFinder(min_lr=1e-3 / L, max_lr=100 / L, num_training=50)
     copy.load_state_dict(finder.state_dict())
     assert copy.history == finder.history and copy.history[0].suggestion is not None
-    assert finder.state_key != LRFinder(method="steep").state_key
+
+
+def test_two_copies_in_one_trainer_each_get_back_their_own_history(tmp_path):
+    x, y, L = least_squares_data()
+
+    def copies() -> tuple[LRFinder, LRFinder]:
+        coarse = LRFinder(min_lr=1e-3 / L, max_lr=100 / L, num_training=10, smoothing=0.5)
+        fine = LRFinder(min_lr=1e-2 / L, max_lr=10 / L, num_training=12, method="steep", smoothing=0.5)
+        return coarse, fine
+
+    coarse, fine = copies()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    _trainer([coarse, fine, checkpoint], enable_checkpointing=True, default_root_dir=tmp_path).fit(
+        LeastSquares(x, y, lr=0.1 / L)
+    )
+    assert [len(coarse.history[0].ladder), len(fine.history[0].ladder)] == [10, 12]
+    assert coarse.history[0].ladder[0] == pytest.approx(1e-3 / L) and fine.history[0].ladder[0] == pytest.approx(
+        1e-2 / L
+    )
+
+    fresh_coarse, fresh_fine = copies()
+    resumed = _trainer([fresh_fine, fresh_coarse], default_root_dir=tmp_path / "resumed")  # the other order
+    resumed.fit(LeastSquares(x, y, lr=0.1 / L), ckpt_path=tmp_path / "last.ckpt")
+    assert fresh_coarse.history == coarse.history and fresh_fine.history == fine.history
 
 
 @pytest.mark.slow

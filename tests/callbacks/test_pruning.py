@@ -244,6 +244,51 @@ def test_pruned_checkpoint_tests_and_exports_as_the_plain_network(tmp_path):
     assert from_checkpoint["test/loss"] == pytest.approx(live["test/loss"], abs=1e-6)
 
 
+def test_weights_only_checkpoints_are_the_pruned_plain_network(tmp_path):
+    # Lightning calls no callback hook for them; the zeros are in the weights themselves.
+    torch.manual_seed(0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_weights_only=True)
+    make_trainer([Pruning(sparsity=0.8, end_epoch=1), checkpoint], max_epochs=2, enable_checkpointing=True).fit(
+        TinyClassifier()
+    )
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert "callbacks" not in saved
+    plain = TinyClassifier()
+    plain.load_state_dict(saved["state_dict"], strict=True)
+    assert prunable_zeros(plain) == round(0.8 * N)
+
+
+def test_two_copies_in_one_trainer_each_get_back_their_own_masks(tmp_path):
+    def copies() -> tuple[Pruning, Pruning]:
+        return Pruning(sparsity=0.3, start_epoch=1, end_epoch=1), Pruning(sparsity=0.6, end_epoch=2, schedule="linear")
+
+    def masks(callback: Pruning) -> dict[str, torch.Tensor]:
+        return {n: m.clone() for n, m in callback.state_dict()["pruned"].items()}
+
+    torch.manual_seed(0)
+    light, heavy = copies()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    make_trainer([light, heavy, checkpoint], max_epochs=3, enable_checkpointing=True).fit(TinyClassifier())
+    saved = {"light": masks(light), "heavy": masks(heavy)}
+    assert sum(int(m.sum()) for m in saved["light"].values()) == round(0.3 * N)
+    assert sum(int(m.sum()) for m in saved["heavy"].values()) == round(0.6 * N)
+
+    torch.manual_seed(1)
+    fresh_heavy, fresh_light = reversed(copies())  # the other order: states are found by key, not position
+    restored = {}
+
+    def on_train_start(trainer, module):
+        restored.update(light=masks(fresh_light), heavy=masks(fresh_heavy))
+
+    probe = LambdaCallback(on_train_start=on_train_start)
+    make_trainer([fresh_heavy, fresh_light, probe], max_epochs=4).fit(
+        TinyClassifier(), ckpt_path=tmp_path / "last.ckpt"
+    )
+    for which in ("light", "heavy"):
+        assert restored[which].keys() == saved[which].keys()
+        assert all(torch.equal(restored[which][n], saved[which][n]) for n in PRUNABLE), which
+
+
 @pytest.mark.parametrize("rewind_to_epoch", [0, 1])
 def test_rewinding_restores_unpruned_weights_to_the_saved_epoch(rewind_to_epoch):
     torch.manual_seed(0)

@@ -304,8 +304,22 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
         SnapshotEnsemble(**kwargs)
 
 
-def test_two_settings_keep_separate_checkpoint_state():
-    assert SnapshotEnsemble(cycles=3).state_key != SnapshotEnsemble(cycles=5).state_key
+def test_weights_only_checkpoints_are_refused_at_fit_start(tmp_path):
+    # They leave callback states out, so they would hold no snapshots to test or predict with.
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_weights_only=True)
+    trainer = make_trainer(max_epochs=5, callbacks=[SnapshotEnsemble(cycles=3), checkpoint], enable_checkpointing=True)
+    with pytest.raises(MisconfigurationException, match=r"save_weights_only=True\) leaves out"):
+        trainer.fit(TinyClassifier(), loader())
+    assert trainer.global_step == 0 and not list(tmp_path.iterdir())
+
+
+def test_two_copies_in_one_trainer_are_refused():
+    # Both would write the learning rate (the last one's cycles win, so the other's snapshots miss its cycle ends)
+    # and log the same val/ensemble_* names.
+    trainer = make_trainer(max_epochs=5, callbacks=[SnapshotEnsemble(cycles=2), SnapshotEnsemble(cycles=4)])
+    with pytest.raises(MisconfigurationException, match=r"2 SnapshotEnsemble callbacks \(cycles=2 and cycles=4\)"):
+        trainer.fit(TinyClassifier(), loader())
+    assert trainer.global_step == 0
 
 
 def test_recipe_test_logs_the_ensemble_of_a_checkpoint():

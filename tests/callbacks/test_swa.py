@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import math
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.swa import SWA
+from tests.callbacks.style_modules import TinyGAN, real_points
 
 BATCHES_PER_EPOCH = 4
 
@@ -346,8 +349,127 @@ def test_fractional_start_needs_a_run_of_known_length():
         fit(SWA(swa_start=0.5), max_epochs=-1)
 
 
-def test_state_key_lets_two_copies_coexist():
-    assert SWA(mode="swa").state_key != SWA(mode="ema").state_key
+def test_weights_only_checkpoints_hold_the_evaluated_average(tmp_path):
+    # Lightning calls no callback hook for a weights-only checkpoint; its state_dict must still be the SWA model,
+    # BatchNorm statistics recomputed, as "best" was ranked by validating it.
+    swa = SWA(swa_start=1, swa_lr=0.05)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_weights_only=True)
+    model, recorder, _ = fit(swa, max_epochs=3, callbacks_extra=[checkpoint], enable_checkpointing=True)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert "callbacks" not in saved and "optimizer_states" not in saved  # weights only indeed
+    reference = TinyBNNet()
+    reference.load_state_dict({**reference.state_dict(), **swa.average}, strict=True)
+    train, _ = loaders()
+    update_bn((batch[0] for batch in train), reference)
+    averaged = [name for name, tensor in reference.state_dict().items() if tensor.is_floating_point()]
+    assert "body.1.running_var" in averaged
+    for name in averaged:
+        expected = reference.state_dict()[name]
+        torch.testing.assert_close(saved["state_dict"][name], expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model.state_dict()[name], expected, atol=1e-6, rtol=0)  # what fit handed back
+    raw = recorder.weights[3 * BATCHES_PER_EPOCH]["body.0.weight"]
+    assert not torch.allclose(saved["state_dict"]["body.0.weight"], raw, atol=1e-4)
+
+
+def test_a_resumed_average_sits_beside_the_weights_in_memory_of_its_own(tmp_path):
+    # Checkpoints hold the average on CPU. With device=None it must move beside the module's weights (on a GPU, every
+    # update would otherwise copy between host and device), in tensors of its own: the running average is updated in
+    # place, so sharing storage with the loaded dict, or with a state_dict() handed out, would rewrite those.
+    train, val = loaders()
+
+    def swa():
+        return SWA(swa_start=1, mode="ema", ema_decay=0.5, update_bn=False)
+
+    seed_everything(0)
+    first = trainer([swa(), ModelCheckpoint(dirpath=tmp_path, save_last=True)], max_epochs=2, enable_checkpointing=True)
+    first.fit(TinyBNNet(), train, val)
+
+    resumed, loaded, seen = swa(), {}, {}
+    load = resumed.load_state_dict
+
+    def recording_load(state_dict):
+        loaded.update(state_dict["average"])
+        load(state_dict)
+
+    def first_batch(trainer, pl_module, batch, batch_idx):
+        if not seen:
+            live = dict(chain(pl_module.named_parameters(), pl_module.named_buffers()))
+            seen.update(average=dict(resumed._average), live=live, handed_out=resumed.state_dict()["average"])
+
+    resumed.load_state_dict = recording_load
+    second = trainer([resumed, LambdaCallback(on_train_batch_start=first_batch)], max_epochs=3)
+    second.fit(TinyBNNet(), train, val, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert loaded.keys() == seen["average"].keys() and resumed.n_averaged == 2 * BATCHES_PER_EPOCH
+    for name, average in seen["average"].items():
+        assert average.device == seen["live"][name].device, name
+        assert average.data_ptr() != loaded[name].data_ptr(), name
+        assert seen["handed_out"][name].data_ptr() != average.data_ptr(), name
+    # The state handed out before the last epoch's updates kept its values.
+    assert not torch.equal(seen["handed_out"]["body.0.weight"], resumed.average["body.0.weight"])
+    torch.testing.assert_close(seen["handed_out"]["body.0.weight"], loaded["body.0.weight"], atol=0, rtol=0)
+
+
+def test_two_copies_averaging_the_same_weights_are_refused():
+    # Each would swap its average in for validation and restore the other's as the live weights.
+    with pytest.raises(MisconfigurationException, match="Two SWA callbacks average the same weights"):
+        fit(SWA(swa_start=1, update_bn=False), max_epochs=1, callbacks_extra=[SWA(swa_start=1, mode="ema")])
+
+
+def gan_copies() -> tuple[SWA, SWA]:
+    """An EMA of a GAN's generator and an SWA of its discriminator: disjoint weights, two states in one checkpoint."""
+    return (
+        SWA(swa_start=1, mode="ema", ema_decay=0.5, update_bn=False, module="generator"),
+        SWA(swa_start=1, update_every_n_steps=2, update_bn=False, module="discriminator"),
+    )
+
+
+def clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.detach().clone() for name, t in state.items()}
+
+
+@pytest.fixture(scope="module")
+def two_copies_run(tmp_path_factory) -> tuple[SWA, SWA, dict[str, torch.Tensor], Path]:
+    """Two epochs of a GAN with both copies; the raw weights at the end and the last checkpoint."""
+    folder = tmp_path_factory.mktemp("two_copies")
+    seed_everything(0)
+    ema, swa = gan_copies()
+    raw: dict[str, torch.Tensor] = {}
+    record = LambdaCallback(on_train_batch_end=lambda trainer, module, *args: raw.update(clone(module.state_dict())))
+    checkpoint = ModelCheckpoint(dirpath=folder, save_last=True)
+    trainer([record, ema, swa, checkpoint], max_epochs=2, enable_checkpointing=True).fit(
+        TinyGAN(), real_points(), real_points()
+    )
+    return ema, swa, raw, folder / "last.ckpt"
+
+
+@pytest.mark.parametrize("order", ["same", "reversed"])
+def test_two_copies_in_one_trainer_each_get_back_their_own_average(two_copies_run, order):
+    # Reloaded by two fresh copies (in either order: states are found by key): each its own average, and the raw
+    # weights of both networks, not one network's average, come back for training.
+    ema, swa, raw, last = two_copies_run
+    assert (ema.n_averaged, swa.n_averaged) == (BATCHES_PER_EPOCH, 2)  # every batch, every second batch of epoch 1
+    saved = torch.load(last, weights_only=False)["state_dict"]
+    for name, average in {**ema.average, **swa.average}.items():
+        torch.testing.assert_close(saved[name], average, atol=1e-6, rtol=0)
+
+    seed_everything(1)  # other initial weights: everything must come from the checkpoint
+    fresh_ema, fresh_swa = gan_copies()
+    restored: dict[str, Any] = {}
+
+    def on_train_start(trainer, module):
+        restored.update(live=clone(module.state_dict()), ema=clone(fresh_ema.average), swa=clone(fresh_swa.average))
+        restored.update(counts=(fresh_ema.n_averaged, fresh_swa.n_averaged))
+
+    copies = [fresh_ema, fresh_swa] if order == "same" else [fresh_swa, fresh_ema]
+    resumed = trainer([*copies, LambdaCallback(on_train_start=on_train_start)], max_epochs=3)
+    resumed.fit(TinyGAN(), real_points(), real_points(), ckpt_path=str(last))
+    assert restored["counts"] == (BATCHES_PER_EPOCH, 2)
+    for own, original in ((restored["ema"], ema.average), (restored["swa"], swa.average)):
+        assert own.keys() == original.keys()
+        assert all(torch.equal(own[name], original[name]) for name in original)
+    assert restored["live"].keys() == raw.keys()
+    for name, tensor in raw.items():
+        assert torch.equal(restored["live"][name], tensor), name  # the raw weights, not an average
 
 
 def test_digits_swa_recipe_checkpoints_the_model_it_hands_back():
