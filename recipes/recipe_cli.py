@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import callbacks  # noqa: F401  (imported so --help lists them among the known Callback subclasses)
 from core import data_values
+from core.precision import warn_if_bf16_emulated
 from recipes.checkpoint import RecipeCheckpoint
 from recipes.errors import UsageError
 from recipes.prediction_writer import PredictionWriter
@@ -78,6 +79,7 @@ class RecipeCLI(LightningCLI):
         self.model = self._get(self.config_init, "model")
         self._add_configure_optimizers_method_to_model(self.subcommand)
         self.trainer = self.instantiate_trainer()
+        warn_if_bf16_emulated(self.trainer)
         for callback in self.trainer.callbacks:
             if isinstance(callback, RecipeConfigCallback):
                 callback.data_values = self.data_values
