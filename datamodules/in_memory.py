@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import balanced_sampler
+from datamodules.sampling import EpochSampler, class_weights, processes, shuffle_seed
 
 
 class TensorBatches(Dataset):
@@ -54,6 +54,25 @@ def random_hflip(x: torch.Tensor) -> torch.Tensor:
     return torch.where(flip, x.flip(-1), x)
 
 
+def augment(x: torch.Tensor, translate: int, translate_mode: str, hflip: bool) -> torch.Tensor:
+    """Per-image random translation by up to ``translate`` pixels and, with ``hflip``, random flips (B, C, H, W)."""
+    if translate:
+        x = random_translate(x, translate, translate_mode)
+    if hflip:
+        x = random_hflip(x)
+    return x
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Images as floats: uint8 pixels scaled to [0, 1], anything else as it is."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def batch_loader(data: TensorBatches, sampler: EpochSampler, pin_memory: bool = False) -> DataLoader:
+    """A loader of whole batches: ``sampler`` yields lists of indices, ``data`` gathers each list at once."""
+    return DataLoader(data, batch_size=None, sampler=sampler, pin_memory=pin_memory)
+
+
 class InMemoryImageDataModule(LightningDataModule):
     """Base for image datasets held as tensors; subclasses implement ``load_split``.
 
@@ -62,13 +81,18 @@ class InMemoryImageDataModule(LightningDataModule):
         batch_size: Training batch size; evaluation uses ``eval_batch_size``.
         eval_batch_size: Batch size for validation, test and predict.
         val_fraction: Share of the training split held out for validation (seeded, stratified by class).
-        seed: Seed of the validation split and of the training order.
+        seed: Seed of the validation split (and of any other split a subclass draws, such as digits' test split).
         balance: Draw training batches with a ``WeightedRandomSampler`` so every class is equally likely.
         translate: Random per-image shift of up to this many pixels during training; 0 turns it off.
         translate_mode: What fills the uncovered border: ``constant`` zeros (black, right for digits on a black
             background) or ``reflect`` (mirrored content, the usual choice for photos such as CIFAR-10).
         hflip: Random left-right flips during training (right for photos, wrong for digits).
         pin_memory: Pin batches for faster host-to-GPU copies.
+        shuffle_seed: Seed of the training order; ``None`` follows ``--seed_everything``. Epoch ``k`` gets the
+            same order whether the run was resumed or not (see :class:`datamodules.sampling.EpochSampler`).
+
+    Under DDP each process evaluates its own slice of the samples, none twice, so validation and test metrics equal
+    one process's; in training every process takes the same number of batches (the last ones padded by repeats).
     """
 
     #: Channels, side and class count of the dataset; subclasses set them.
@@ -88,6 +112,7 @@ class InMemoryImageDataModule(LightningDataModule):
         hflip: bool = False,
         pin_memory: bool = False,
         translate_mode: Literal["constant", "reflect"] = "constant",
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -149,7 +174,7 @@ class InMemoryImageDataModule(LightningDataModule):
         self._check(test_images, test_labels, "test")
         self.splits["test"] = TensorBatches(test_images, test_labels)
         # Normalisation statistics come from the training split only, so nothing leaks from validation or test.
-        train = self._to_float(self.splits["train"].images)
+        train = to_float(self.splits["train"].images)
         self.mean = train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
         self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1)
 
@@ -164,26 +189,21 @@ class InMemoryImageDataModule(LightningDataModule):
             train_parts.append(members[n_val:])
         return torch.cat(train_parts).sort().values, torch.cat(val_parts).sort().values
 
-    @staticmethod
-    def _to_float(x: torch.Tensor) -> torch.Tensor:
-        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-
     def _loader(self, split: str) -> DataLoader:
         if not self.splits:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders are requested")
-        data = self.splits[split]
-        if split == "train":
-            # Every rank draws the same order from the same seed; Lightning's distributed sampler then deals
-            # the batches out between ranks.
-            generator = torch.Generator().manual_seed(self.hparams.seed)
-            if self.hparams.balance:
-                sampler = balanced_sampler(data.labels, self.num_classes, self.hparams.seed)
-            else:
-                sampler = RandomSampler(data, generator=generator)
-            batches = BatchSampler(sampler, self.hparams.batch_size, drop_last=len(data) > self.hparams.batch_size)
-        else:
-            batches = BatchSampler(SequentialSampler(data), self.hparams.eval_batch_size, drop_last=False)
-        return DataLoader(data, batch_size=None, sampler=batches, pin_memory=self.hparams.pin_memory)
+        data, hp = self.splits[split], self.hparams
+        train = split == "train"
+        sampler = EpochSampler(
+            len(data),
+            **processes(self.trainer),
+            shuffle=train,
+            seed=shuffle_seed(hp.shuffle_seed),
+            weights=class_weights(data.labels, self.num_classes) if train and hp.balance else None,
+            batch_size=hp.batch_size if train else hp.eval_batch_size,
+            drop_last=train and len(data) > hp.batch_size,  # never drop the only batch of a tiny dataset
+        )
+        return batch_loader(data, sampler, hp.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -201,12 +221,9 @@ class InMemoryImageDataModule(LightningDataModule):
         if not isinstance(batch, (tuple, list)):  # the model summary's example input, already a float tensor
             return batch
         images, labels = batch
-        x = self._to_float(images)
+        x = to_float(images)
         if self.trainer is not None and self.trainer.training:
-            if self.hparams.translate:
-                x = random_translate(x, self.hparams.translate, self.hparams.translate_mode)
-            if self.hparams.hflip:
-                x = random_hflip(x)
+            x = augment(x, self.hparams.translate, self.hparams.translate_mode, self.hparams.hflip)
         if self.mean.device != x.device:  # moved once, not copied host-to-device on every batch
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         x = (x - self.mean) / self.std

@@ -42,6 +42,7 @@ class DigitsDataModule(InMemoryImageDataModule):
         pin_memory: bool = False,
         data_dir: str = "data",
         translate_mode: Literal["constant", "reflect"] = "constant",
+        shuffle_seed: int | None = None,
     ) -> None:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -56,6 +57,7 @@ class DigitsDataModule(InMemoryImageDataModule):
             hflip,
             pin_memory,
             translate_mode,
+            shuffle_seed,
         )
         self.test_fraction = test_fraction
 
@@ -149,6 +151,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         hflip: bool = True,
         pin_memory: bool = False,
         translate_mode: Literal["constant", "reflect"] = "reflect",
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__(
             data_dir,
@@ -161,6 +164,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             hflip,
             pin_memory,
             translate_mode,
+            shuffle_seed,
         )
 
     def _files(self, train: bool) -> list[str]:

@@ -1,4 +1,5 @@
-"""ImageFolderDataModule on tiny PNG folders: channels, classes, splits, statistics, balance and bad files."""
+"""ImageFolderDataModule on tiny PNG folders read from the files each epoch: channels, classes, splits, statistics,
+balance and bad files. The decoded, in-memory path and checkpoints are in test_image_folder_memory.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ SIDE = 24
 
 
 def _module(root, **kwargs) -> ImageFolderDataModule:
-    kwargs = {"image_size": SIDE, "batch_size": 4, "num_workers": 0, **kwargs}
+    kwargs = {"image_size": SIDE, "batch_size": 4, "num_workers": 0, "in_memory": False, **kwargs}
     return ImageFolderDataModule(data_dir=str(root), **kwargs)
 
 
@@ -60,16 +61,16 @@ def test_without_val_folder_a_seeded_stratified_split_is_used(tmp_path):
     assert split(1)[1] != val
 
 
-def test_test_stage_falls_back_to_val_without_a_test_folder(tmp_path):
+def test_test_stage_without_a_test_folder_is_an_error(tmp_path):
     write_image_folder(tmp_path, per_class=4, side=SIDE)
-    dm = _module(tmp_path)
-    dm.setup("test")
-    assert dm.splits["test"] is dm.splits["val"]
+    with pytest.raises(MisconfigurationException, match="test/ laid out like train/") as err:
+        _module(tmp_path).setup("test")  # never the validation images in its place
+    assert "recipe validate" in str(err.value)
 
     write_image_folder(tmp_path / "with_test", per_class=4, side=SIDE, splits=("train", "test"))
     dm = _module(tmp_path / "with_test")
     dm.setup("test")
-    assert len(dm.splits["test"]) == 12 and dm.splits["test"] is not dm.splits["val"]
+    assert len(dm.test_dataloader().dataset) == 12 and "val" not in dm.splits
 
 
 def test_val_folder_with_fewer_classes_keeps_the_train_indices(tmp_path):
