@@ -62,7 +62,9 @@ class RecipeWandbLogger(WandbLogger):
             offline = os.environ.get("WANDB_MODE") == "offline" or (
                 "WANDB_MODE" not in os.environ and not wandb_can_go_online()
             )
-        save_dir = save_dir or "runs"
+        # Absolute: W&B's service process writes the run file relative to its own working directory, which is where
+        # the first run of this Python process started (a notebook or a test suite that changes directory differs).
+        save_dir = os.path.abspath(save_dir or "runs")
         os.makedirs(save_dir, exist_ok=True)
         super().__init__(name=name, save_dir=save_dir, project=project, offline=offline, log_model=log_model, tags=tags)
         self._told_sync = False
@@ -71,10 +73,15 @@ class RecipeWandbLogger(WandbLogger):
     def experiment(self):
         # One W&B run per recipe run: a later stage of the same trainer (``trainer.test`` after ``fit``) logs into the
         # run ``fit`` opened, while a new logger (the next ``recipe`` command in this process, a notebook's next
-        # cell) closes the previous run first, where Lightning would attach to whatever run is still open.
-        previous = RecipeWandbLogger._open
-        if self._experiment is None and previous is not None and previous is not self:
-            previous.close()
+        # cell) first finishes any run still open, where Lightning would attach to it and log into another run.
+        if self._experiment is None:
+            import wandb
+
+            previous = RecipeWandbLogger._open
+            if previous is not None and previous is not self:
+                previous.close()
+            if wandb.run is not None:
+                wandb.run.finish()
         experiment = super().experiment
         if hasattr(experiment, "finish"):
             RecipeWandbLogger._open = self

@@ -144,6 +144,7 @@ def test_wandb_runs_offline_with_the_nested_config_once(capsys):
     cli = main(["fit", "--config", "vision/digits", *QUICK])
     out = capsys.readouterr()
     assert "wandb sync" in out.out + out.err
+    cli.trainer.logger.close()  # the run stays open after fit for a later test stage; finished, its file is complete
     runs = list(Path("runs/vision/digits").glob("version_*/wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     config = wait_for_config(runs[0], "model")

@@ -43,7 +43,7 @@ def _delete(tree, path):
 
 def _mutations(seed: int = 0, count: int = 24):
     rng = random.Random(seed)
-    recipes = {p: yaml.safe_load(p.read_text()) for p in catalog.recipe_paths()}
+    recipes = {p: catalog.merged(p) for p in catalog.recipe_paths()}  # a recipe with the recipes it extends
     drawn = []
     while len(drawn) < count:
         path = rng.choice(sorted(recipes))
