@@ -35,6 +35,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from torchmetrics import Metric
 from typing_extensions import override
 
+from core.epochs import epoch_never_ends
 from core.media import log_figure
 
 Method = Literal["steep", "valley", "minimum/10"]
@@ -266,9 +267,7 @@ class LRFinder(Callback):
                 "batch). Remove LRFinder and set the learning rates in configure_optimizers."
             )
         if self._rerun_at_epochs:
-            if trainer.train_dataloader is None:  # loaded early, as trainer.estimated_stepping_batches does
-                trainer.fit_loop.setup_data()
-            if trainer.train_dataloader is not None and math.isinf(trainer.num_training_batches):
+            if epoch_never_ends(trainer):
                 raise MisconfigurationException(
                     f"LRFinder's rerun_at_epochs={sorted(self._rerun_at_epochs)} never come: this run's epoch never "
                     "ends (an iterable dataset without a length, trained for max_steps). Drop rerun_at_epochs."

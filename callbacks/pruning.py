@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -14,6 +13,8 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
+
+from core.epochs import epoch_never_ends
 
 # torch's common base of the batch and instance norms, then the other norm layers.
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
@@ -222,9 +223,7 @@ class Pruning(Callback):
         later = [epoch for epoch, _ in self._rounds if epoch > 0]
         if not later:
             return
-        if trainer.train_dataloader is None:  # loaded early, as trainer.estimated_stepping_batches does
-            trainer.fit_loop.setup_data()
-        if trainer.train_dataloader is not None and math.isinf(trainer.num_training_batches):
+        if epoch_never_ends(trainer):
             raise MisconfigurationException(
                 f"Pruning rounds at the start of epochs {later}, but this run's epoch never ends (an iterable dataset "
                 "without a length, trained for max_steps). Prune in one round with start_epoch=end_epoch=0, or give "
