@@ -107,11 +107,11 @@ def plain_epochs(
         raise NotImplementedError("the plain loop does not mirror mixup/CutMix; benchmark a recipe without them")
     datamodule.setup("fit")
     hp, data_hp = module.hparams, datamodule.hparams
-    mean, std = datamodule.mean, datamodule.std
+    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in datamodule.normalization)
     memory_format = torch.channels_last if hp.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
 
-    def transform(images: torch.Tensor, train: bool) -> torch.Tensor:  # the DataModule's on_after_batch_transfer
+    def transform(images: torch.Tensor, train: bool) -> torch.Tensor:  # on_after_batch_transfer, then forward's
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         if train and data_hp.translate:
             x = random_translate(x, data_hp.translate)

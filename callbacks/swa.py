@@ -107,6 +107,9 @@ class SWA(Callback):
       by defining ``split_batch(batch)``). That is meaningless for an averaged submodule (a generator takes noise),
       under manual optimization, or in an epoch that never ends: there, if the averaged weights hold BatchNorm layers,
       ``update_bn=True`` stops at fit start; with ``update_bn=False`` their running statistics are averaged instead.
+      The pass reads the DataModule's ``unaugmented_train_dataloader()`` when it has one (images read from files are
+      augmented by their transforms, whatever the trainer's state); otherwise the training loader, with the trainer
+      out of its training state, which turns off augmentation done in ``on_after_batch_transfer``.
     * Endless epochs (an iterable dataset without a length, trained for ``max_steps``, as in RL): give ``swa_start``
       as a fraction, ``update_every_n_steps`` and, with ``swa_lr``, ``annealing_steps``; an epoch ``swa_start`` > 0,
       epoch-end updates or ``annealing_epochs`` stop at fit start, since the epoch they wait for never comes.
@@ -435,8 +438,9 @@ class SWA(Callback):
         self._last_update_step = step
 
     def _bn_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[Any]:
-        # Through the strategy, so the DataModule's device-side transforms (normalisation) apply.
-        for batch in trainer.train_dataloader:
+        # Through the strategy, so the DataModule's device-side transforms (scaling) apply.
+        plain = getattr(trainer.datamodule, "unaugmented_train_dataloader", None)
+        for batch in plain() if plain is not None else trainer.train_dataloader:
             batch = trainer.precision_plugin.convert_input(trainer.strategy.batch_to_device(batch))
             yield split_batch(batch, pl_module)[0]
 

@@ -12,8 +12,10 @@ no others. Grayscale files give 1-channel inputs, anything else 3 channels.
 
 Images small enough to fit in memory are decoded once into one uint8 tensor and batched and augmented on the
 device like the bundled datasets (:mod:`datamodules.in_memory`); larger sets are read from the files each epoch
-with per-sample ``torchvision.transforms.v2``. Checkpoints carry the class names, colour mode, image size and
-normalisation statistics, so ``recipe test|predict --ckpt_path`` preprocesses as in training, without ``train/``.
+with per-sample ``torchvision.transforms.v2``. Batches hold pixels in ``[0, 1]``; the model standardises them with
+the training split's statistics (:attr:`ImageFolderDataModule.normalization`), which it keeps in its checkpoint.
+Checkpoints carry the class names, colour mode and image size, so ``recipe test|predict --ckpt_path`` preprocesses as
+in training, without ``train/``.
 """
 
 from __future__ import annotations
@@ -103,7 +105,6 @@ class ImageFolderDataModule(LightningDataModule):
         self.splits: dict[str, Dataset] = {}
         self.predict_files: list[str] = []  # the files ``recipe predict`` read, in the order of its predictions
         self._built_with: tuple | None = None
-        self._device_stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ---- what the files say: classes, colour mode, size ----------------------------------------------------------
 
@@ -197,7 +198,7 @@ class ImageFolderDataModule(LightningDataModule):
     def _fit_size(self) -> v2.Compose:
         return v2.Compose([v2.Resize(self._side), v2.CenterCrop(self._side)])
 
-    def _transforms(self, train: bool, normalize: bool = True) -> v2.Compose:
+    def _transforms(self, train: bool) -> v2.Compose:
         size = self._side
         steps: list[v2.Transform] = [v2.ToImage()]
         if train and self.hparams.augment:
@@ -205,9 +206,7 @@ class ImageFolderDataModule(LightningDataModule):
             steps += [v2.RandomHorizontalFlip()] if self.hparams.hflip else []
         else:
             steps += [v2.Resize(size), v2.CenterCrop(size)]
-        steps.append(v2.ToDtype(torch.float32, scale=True))
-        if normalize:
-            steps.append(v2.Normalize(self.mean, self.std))
+        steps.append(v2.ToDtype(torch.float32, scale=True))  # [0, 1]: the model standardises
         return v2.Compose(steps)
 
     def _train_val_indices(self, plain: files.FolderWithClasses) -> tuple[list[int], list[int]]:
@@ -226,12 +225,19 @@ class ImageFolderDataModule(LightningDataModule):
             train_idx += members[n_val:]
         return sorted(train_idx), sorted(val_idx)
 
+    @property
+    def normalization(self) -> tuple[list[float], list[float]]:
+        """Per-channel ``(mean, std)`` of a seeded sample of the training images only, pixels in ``[0, 1]``."""
+        self._statistics()
+        return self.mean, self.std
+
     def _statistics(self) -> None:
-        """Per-channel mean and std of a seeded sample of the training images only (unless a checkpoint gave them)."""
         if self.mean is not None:
             return
-        self._require_train(": the normalisation statistics come from train/ or from a checkpoint (--ckpt_path)")
-        plain = self._labelled("train", self._transforms(train=False, normalize=False))
+        self._resolve_classes()
+        self._resolve_format()
+        self._require_train(": the normalisation statistics come from train/")
+        plain = self._labelled("train", self._transforms(train=False))
         train_idx, _ = self._train_val_indices(plain)
         generator = torch.Generator().manual_seed(self.hparams.seed)
         picked = torch.tensor(train_idx)[torch.randperm(len(train_idx), generator=generator)]
@@ -251,7 +257,6 @@ class ImageFolderDataModule(LightningDataModule):
     def _build(self, name: str) -> None:
         self._resolve_classes()
         self._resolve_format()
-        self._statistics()
         eval_tf = self._transforms(train=False)
         translate = self.hparams.translate
         if translate is not None and translate >= self._side:
@@ -287,7 +292,7 @@ class ImageFolderDataModule(LightningDataModule):
         return self.splits[name]
 
     def _preprocessing(self) -> tuple:
-        return self._classes, self._mode, self._side, self.mean, self.std
+        return self._classes, self._mode, self._side
 
     def setup(self, stage: str) -> None:
         # Only fit builds here: Lightning restores a checkpoint's state (load_state_dict) after setup, so the splits
@@ -306,6 +311,7 @@ class ImageFolderDataModule(LightningDataModule):
         if stage == "fit":
             self._split("train")
             self._split("val")
+            self._statistics()  # what the model standardises with; reading train/ here also finds corrupt files
 
     # ---- loaders and batches --------------------------------------------------------------------------------------
 
@@ -352,8 +358,8 @@ class ImageFolderDataModule(LightningDataModule):
         return self._loader("predict")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # uint8 batches come from decoded images: scaled, augmented and standardised here on the device. Batches read
-        # from files (float) were augmented and standardised by their transforms.
+        # uint8 batches come from decoded images: scaled and augmented here on the device. Batches read from files
+        # (float) were augmented by their transforms.
         if not isinstance(batch, (tuple, list)) or batch[0].dtype != torch.uint8:
             return batch
         images, labels = batch
@@ -361,20 +367,23 @@ class ImageFolderDataModule(LightningDataModule):
         if self.trainer is not None and self.trainer.training and self.hparams.augment:
             translate = self.hparams.translate if self.hparams.translate is not None else self._side // 8
             x = augment(x, translate, "reflect", self.hparams.hflip)
-        if self._device_stats is None or self._device_stats[0].device != x.device:  # moved once, not every batch
-            self._device_stats = tuple(
-                torch.tensor(s, device=x.device).view(1, -1, 1, 1) for s in (self.mean, self.std)
-            )
-        mean, std = self._device_stats
-        return (x - mean) / std, labels
+        return x, labels
+
+    def unaugmented_train_dataloader(self) -> DataLoader:
+        """The training images in order, without augmentation: what SWA's BatchNorm pass reads."""
+        data, hp = self._split("train"), self.hparams
+        if isinstance(data, TensorBatches):  # augmented on the device only while the trainer trains
+            sampler = EpochSampler(len(data), **processes(self.trainer), shuffle=False, batch_size=hp.eval_batch_size)
+            return batch_loader(data, sampler, torch.cuda.is_available())
+        plain = Subset(self._labelled("train", self._transforms(train=False)), data.indices)
+        sampler = EpochSampler(len(plain), **processes(self.trainer), shuffle=False)
+        return DataLoader(plain, batch_size=hp.eval_batch_size, sampler=sampler, num_workers=hp.num_workers)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
         # Everything preprocessing needs travels with the checkpoint, so test and predict see inputs as in training.
         return {
-            "mean": self.mean,
-            "std": self.std,
             "class_names": self._classes,
             "mode": self._mode,
             "image_size": self._side,
@@ -391,7 +400,5 @@ class ImageFolderDataModule(LightningDataModule):
         self._mode = state_dict.get("mode") or self._mode
         if self.hparams.image_size is None:  # a size given by hand wins
             self._side = state_dict.get("image_size") or self._side
-        self.mean, self.std = state_dict["mean"], state_dict["std"]
-        self._device_stats = None
         if self.splits and self._built_with != self._preprocessing():
             self.splits.clear()  # built before the checkpoint was read: built again, its way, when next asked for

@@ -93,6 +93,10 @@ class InMemoryImageDataModule(LightningDataModule):
 
     Under DDP each process evaluates its own slice of the samples, none twice, so validation and test metrics equal
     one process's; in training every process takes the same number of batches (the last ones padded by repeats).
+
+    Batches reach the model as floats in ``[0, 1]``: standardising belongs to the model, which takes the training
+    split's per-channel statistics from :attr:`normalization` and keeps them in its checkpoint, so the model applied
+    to raw images outside the trainer sees what it saw in training.
     """
 
     #: Channels, side and class count of the dataset; subclasses set them.
@@ -124,8 +128,8 @@ class InMemoryImageDataModule(LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.data_dir = data_dir
         self.splits: dict[str, TensorBatches] = {}
-        self.mean: torch.Tensor | None = None
-        self.std: torch.Tensor | None = None
+        self.mean: list[float] | None = None
+        self.std: list[float] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -175,8 +179,13 @@ class InMemoryImageDataModule(LightningDataModule):
         self.splits["test"] = TensorBatches(test_images, test_labels)
         # Normalisation statistics come from the training split only, so nothing leaks from validation or test.
         train = to_float(self.splits["train"].images)
-        self.mean = train.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
-        self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1)
+        self.mean = train.mean(dim=(0, 2, 3)).tolist()
+        self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]] | None:
+        """Per-channel ``(mean, std)`` of the training split's pixels in ``[0, 1]``; ``None`` before ``setup``."""
+        return (self.mean, self.std) if self.mean is not None else None
 
     def _stratified_split(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.hparams.seed)
@@ -224,14 +233,4 @@ class InMemoryImageDataModule(LightningDataModule):
         x = to_float(images)
         if self.trainer is not None and self.trainer.training:
             x = augment(x, self.hparams.translate, self.hparams.translate_mode, self.hparams.hflip)
-        if self.mean.device != x.device:  # moved once, not copied host-to-device on every batch
-            self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-        x = (x - self.mean) / self.std
         return x, labels
-
-    def state_dict(self) -> dict:
-        # The statistics travel with checkpoints so a reloaded model sees inputs scaled as in training.
-        return {"mean": self.mean, "std": self.std}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.mean, self.std = state_dict["mean"], state_dict["std"]

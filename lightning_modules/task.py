@@ -10,7 +10,9 @@ handling, loss and network. What it inherits:
   warm-up + cosine with the run length filled from the trainer (override it for several optimizers, calling
   :func:`core.optim.configure` once per part);
 * :meth:`guard`, the non-finite-loss stop that names the step, cheap on accelerators;
-* :meth:`split_batch`, the one place to change how callbacks and shared code find inputs and targets.
+* :meth:`split_batch`, the one place to change how callbacks and shared code find inputs and targets;
+* checkpoints whose hyperparameters rebuild an injected network without its pretrained weights
+  (:mod:`core.pretrained`): the state dict holds them, so ``load_from_checkpoint`` needs no network access.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 from core import optim
 from core.batches import default_split
 from core.guard import LossGuard
+from core.pretrained import without_pretrained
 
 
 class Task(LightningModule):
@@ -73,6 +76,10 @@ class Task(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.loss_guard.flush()  # a bad step late in the epoch is reported before the epoch's checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = without_pretrained(checkpoint["hyper_parameters"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         return optim.configure(self, self.optimizer, self.lr_scheduler, self.trainer, self.scheduler_interval)

@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import callbacks  # noqa: F401  (imported so --help lists them among the known Callback subclasses)
 from core import data_values
 from core.precision import warn_if_bf16_emulated
+from core.pretrained import pretrained_keys, turned_off
 from recipes.checkpoint import RecipeCheckpoint
 from recipes.errors import UsageError
 from recipes.prediction_writer import PredictionWriter
@@ -62,6 +63,11 @@ class RecipeCLI(LightningCLI):
         config = self.config.clone()
         section = config.get(str(self.subcommand), config)
         self.run_dir = _place_run(section)
+        if section.get("ckpt_path") and section.get("model") is not None:
+            # The checkpoint holds the network's weights: build it without fetching pretrained ones (no network).
+            items = dict(section.model.items())
+            for key in pretrained_keys(items):
+                section.model[key] = turned_off(items[key])
         self.data_values: dict[str, object] = {}
         if section.get("data") is not None and section.get("model") is not None:
             datamodule = _built("the DataModule", lambda: _instantiate_data(section.data))

@@ -31,7 +31,9 @@ def test_channels_follow_the_files(tmp_path, mode, channels):
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (4, channels, SIDE, SIDE) and images.dtype == torch.float32
     assert labels.dtype == torch.int64
-    assert len(dm.mean) == len(dm.std) == channels
+    mean, std = dm.normalization
+    assert len(mean) == len(std) == channels
+    assert 0.0 <= images.min() and images.max() <= 1.0  # pixels in [0, 1]: the model standardises
 
 
 def test_classes_come_from_the_train_folders(tmp_path):
@@ -146,28 +148,31 @@ def test_normalisation_statistics_come_from_the_training_images_only(tmp_path):
     dm = _module(tmp_path, val_fraction=0.5)
     dm.setup("fit")
     samples = dm.splits["train"].dataset.samples
+    mean, std = (torch.tensor(s) for s in dm.normalization)
 
     def pixels(indices: list[int]) -> torch.Tensor:
         arrays = [np.asarray(Image.open(samples[i][0]).convert("RGB")) for i in indices]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255  # (N, C, H, W)
 
     train = pixels(dm.splits["train"].indices)
-    assert torch.allclose(torch.tensor(dm.mean), train.mean(dim=(0, 2, 3)), atol=1e-5)
-    assert torch.allclose(torch.tensor(dm.std), train.std(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(mean, train.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(std, train.std(dim=(0, 2, 3)), atol=1e-5)
     everything = pixels(list(range(len(samples))))
-    assert not torch.allclose(torch.tensor(dm.mean), everything.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert not torch.allclose(mean, everything.mean(dim=(0, 2, 3)), atol=1e-4)
 
 
-def test_eval_transform_standardises_training_images_and_is_deterministic(tmp_path):
+def test_statistics_standardise_the_unaugmented_training_images(tmp_path):
     write_image_folder(tmp_path, per_class=6, side=SIDE)
     dm = _module(tmp_path, val_fraction=0.5, eval_batch_size=100)
     dm.setup("fit")
-    # Evaluation uses the training statistics, so the training images (seen without augmentation) are standardised.
-    plain = _module(tmp_path, val_fraction=0.5, augment=False, eval_batch_size=100)
-    plain.setup("fit")
-    train = torch.stack([plain.splits["train"][i][0] for i in range(len(plain.splits["train"]))])
-    assert train.mean(dim=(0, 2, 3)).abs().max() < 1e-4
-    assert (train.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-4
+    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in dm.normalization)
+    # What SWA's BatchNorm pass reads: every training image once, in order, never augmented.
+    plain, _ = next(iter(dm.unaugmented_train_dataloader()))
+    again, _ = next(iter(dm.unaugmented_train_dataloader()))
+    assert len(plain) == len(dm.splits["train"]) and torch.equal(plain, again)
+    standardised = (plain - mean) / std
+    assert standardised.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert (standardised.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-4
     first, _ = next(iter(dm.val_dataloader()))
     again, _ = next(iter(dm.val_dataloader()))
     assert torch.equal(first, again)
@@ -199,3 +204,33 @@ def test_without_balance_the_imbalance_stays(tmp_path):
     dm = _module(tmp_path, balance=False, val_fraction=0.25)
     dm.setup("fit")
     assert abs(_rare_share(dm) - 3 / 18) < 0.01  # 15 common and 3 rare images train
+
+
+def test_swa_batchnorm_statistics_come_from_the_unaugmented_files(tmp_path):
+    from lightning.pytorch import Trainer, seed_everything
+    from torch.optim.swa_utils import update_bn
+
+    from callbacks import SWA
+    from lightning_modules.nets import CompactResNet
+    from lightning_modules.vision import ImageClassifier
+
+    seed_everything(0)
+    write_image_folder(tmp_path, per_class=6, side=SIDE)
+    dm = _module(tmp_path, crop_scale=0.1, batch_size=6)  # strong crops: augmented statistics would differ
+
+    def model() -> ImageClassifier:
+        net = CompactResNet(in_channels=3, num_classes=3, widths=(8,), stem_width=8)
+        return ImageClassifier(net=net, num_classes=3, in_channels=3, image_size=SIDE)
+
+    trained, swa = model(), SWA(swa_start=1, swa_lr=0.05)
+    # No validation: the statistics are computed at train end, while the trainer (and the files' transforms) train.
+    trainer = Trainer(max_epochs=2, limit_val_batches=0, callbacks=[swa], logger=False, enable_checkpointing=False)
+    trainer.fit(trained, datamodule=dm)
+
+    reference = model()
+    reference.load_state_dict({**reference.state_dict(), **swa.average}, strict=True)
+    reference.set_normalization(*dm.normalization)
+    update_bn((x for x, _ in dm.unaugmented_train_dataloader()), reference)
+    bn, ref_bn = trained.net.stem[1], reference.net.stem[1]
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, atol=1e-5, rtol=1e-4)

@@ -90,7 +90,7 @@ def test_memory_and_files_give_the_same_evaluation_batches(tmp_path):
     for dm in (memory, from_files):
         dm.setup("fit")
         dm.setup("test")
-    assert memory.mean == from_files.mean and memory.std == from_files.std
+    assert memory.normalization == from_files.normalization
     for split in ("val", "test"):
         assert torch.allclose(_eval_batches(memory, split), _eval_batches(from_files, split), atol=1e-5)
 
@@ -152,7 +152,9 @@ def test_checkpoint_carries_the_preprocessing(trained):
     _, ckpt = trained
     state = torch.load(ckpt, weights_only=False)["ImageFolderDataModule"]
     assert state["class_names"] == CLASSES and state["mode"] == "RGB" and state["image_size"] == 8
-    assert len(state["mean"]) == len(state["std"]) == 3
+    model = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert model["input_mean"].shape == model["input_std"].shape == (1, 3, 1, 1)
+    assert model["input_std"].min() < 1.0  # set from the training images, not the identity
 
 
 def test_test_from_a_checkpoint_needs_no_train_folder(trained, tmp_path):
@@ -161,7 +163,7 @@ def test_test_from_a_checkpoint_needs_no_train_folder(trained, tmp_path):
     shutil.copytree(data / "test", tmp_path / "b" / "test")
     metrics, dm = _test(tmp_path / "b", ckpt, class_names=CLASSES)
     assert metrics == pytest.approx(reference, abs=1e-6)
-    assert dm.mean == torch.load(ckpt, weights_only=False)["ImageFolderDataModule"]["mean"]
+    assert dm.mean is None  # no statistics recomputed: the model's checkpoint holds them
 
 
 def test_test_uses_the_checkpoint_statistics_not_the_train_folder_at_hand(trained, tmp_path):
@@ -172,7 +174,7 @@ def test_test_uses_the_checkpoint_statistics_not_the_train_folder_at_hand(traine
         Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
     metrics, dm = _test(tmp_path / "c", ckpt)
     assert metrics == pytest.approx(reference, abs=1e-6)
-    assert dm.mean == torch.load(ckpt, weights_only=False)["ImageFolderDataModule"]["mean"]
+    assert dm.mean is None  # no statistics recomputed: the model's checkpoint holds them
 
 
 def test_class_names_that_contradict_the_checkpoint_are_an_error(trained):
@@ -187,9 +189,9 @@ def test_without_train_folder_the_values_come_from_class_names_and_the_files(tmp
         _ = _module(tmp_path).num_classes
     dm = _module(tmp_path, class_names=CLASSES)
     assert (dm.num_classes, dm.class_names, dm.in_channels, dm.image_size) == (3, CLASSES, 1, 10)
-    with pytest.raises(MisconfigurationException, match="checkpoint"):
-        dm.setup("test")
-        dm.test_dataloader()  # no statistics: no train/ and no checkpoint
+    dm.setup("test")
+    images, labels = next(iter(dm.test_dataloader()))  # the statistics are the model's: test/ alone is enough
+    assert images.shape == (6, 1, 10, 10) and labels.tolist() == [0, 0, 1, 1, 2, 2] and dm.mean is None
 
 
 def test_recipe_predict_reads_unlabelled_files_with_the_checkpoint(trained, tmp_path):

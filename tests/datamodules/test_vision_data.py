@@ -155,11 +155,12 @@ def test_cifar10_normalisation_is_per_channel_from_the_training_split(tmp_path):
     dm = CIFAR10DataModule(data_dir=str(tmp_path), val_fraction=0.5, pin_memory=False)
     dm.setup("fit")
     train = dm.splits["train"].images.float() / 255
-    assert dm.mean.shape == (1, 3, 1, 1)
-    assert torch.allclose(dm.mean.flatten(), train.mean(dim=(0, 2, 3)), atol=1e-6)
-    assert torch.allclose(dm.std.flatten(), train.std(dim=(0, 2, 3)), atol=1e-6)
+    mean, std = (torch.tensor(s) for s in dm.normalization)
+    assert mean.shape == (3,)
+    assert torch.allclose(mean, train.mean(dim=(0, 2, 3)), atol=1e-6)
+    assert torch.allclose(std, train.std(dim=(0, 2, 3)), atol=1e-6)
     both = torch.cat([train, dm.splits["val"].images.float() / 255])
-    assert not torch.allclose(dm.mean.flatten(), both.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert not torch.allclose(mean, both.mean(dim=(0, 2, 3)), atol=1e-4)
 
 
 def test_cifar10_missing_batch_names_the_file(tmp_path):
