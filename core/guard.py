@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from core import host_sync
+
 ADVICE = (
     "Lower the learning rate, add gradient clipping (--trainer.gradient_clip_val=1.0) or train in 32-bit precision; "
     "checkpoints written so far are intact."
@@ -40,7 +42,7 @@ class LossGuard:
 
     def check(self, loss: torch.Tensor, step: int, epoch: int, name: str = "train/loss") -> None:
         """Record ``loss`` taken at optimizer step ``step`` of epoch ``epoch``; raise once a bad one is seen."""
-        if not (self.defer if self.defer is not None else loss.device.type != "cpu"):
+        if not (self.defer if self.defer is not None else host_sync.reads_are_costly(loss.device)):
             if not torch.isfinite(loss).all():
                 self._raise(name, float(loss.detach().float().flatten()[0]), step, epoch)
             return

@@ -34,12 +34,22 @@ from core.pretrained import without_pretrained
 class Task(LightningModule):
     """Shared base of the domain modules.
 
+    Log without ``prog_bar=True`` (Lightning reads progress-bar values back to the host at every training and
+    evaluation step, a sync that throttles accelerators); list what the ``recipe`` progress bar should show in
+    :attr:`progress_bar_steps` (read every step on CPU, every 50 steps on accelerators) and
+    :attr:`progress_bar_epochs` (read once after each validation).
+
     Args:
         optimizer: Optimizer factory, called with the parameter groups; biases and norm parameters get no decay.
         lr_scheduler: Optional scheduler factory. A ``total_steps`` left unset (``OneCycleLR``,
             ``core.optim.WarmupCosine``) is filled with the run's optimizer steps.
         scheduler_interval: Step the scheduler every optimizer ``step`` or every ``epoch``.
     """
+
+    #: Logged values the recipe's progress bar shows (see :class:`recipes.progress.RecipeProgressBar`): per-step
+    #: ones, and ones read once after each validation.
+    progress_bar_steps: tuple[str, ...] = ("train/loss",)
+    progress_bar_epochs: tuple[str, ...] = ("val/loss",)
 
     def __init__(
         self,

@@ -20,6 +20,9 @@ from torchvision.transforms import v2
 from lightning_modules.classifier import Classifier
 from lightning_modules.nets import CompactResNet, adapt_classifier
 
+#: Stage widths of the default network (see ``net``).
+DEFAULT_WIDTHS = (32, 64, 128)
+
 
 class ImageClassifier(Classifier):
     """Classify images with an injected network.
@@ -27,7 +30,9 @@ class ImageClassifier(Classifier):
     Args:
         net: The network, ``(B, C, H, W) -> (B, num_classes)`` logits. Any torchvision classification model works
             (``torchvision.models.resnet18`` with ``weights: IMAGENET1K_V1`` for transfer learning): its head and stem
-            are resized to ``num_classes`` / ``in_channels`` when they differ. Default: ``CompactResNet``.
+            are resized to ``num_classes`` / ``in_channels`` when they differ. Default: ``CompactResNet`` with the
+            widths of the digits recipe, ``(32, 64, 128)``: a quarter of its own default's compute, which trains a
+            folder of 6,000 small images for 8 epochs in under two minutes on two CPU cores.
         num_classes: Number of classes; filled from the DataModule by the ``recipe`` command.
         in_channels: Image channels; filled from the DataModule.
         image_size: Image side in pixels; filled from the DataModule, used for the model summary's example input.
@@ -72,7 +77,7 @@ class ImageClassifier(Classifier):
         )
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
-        net = net if net is not None else CompactResNet(in_channels=in_channels, num_classes=num_classes)
+        net = net if net is not None else CompactResNet(in_channels, num_classes, widths=DEFAULT_WIDTHS)
         self.net = adapt_classifier(net, num_classes=num_classes, in_channels=in_channels)
         head = [name for name, m in self.net.named_modules() if isinstance(m, nn.Linear)][-1]
         self._head = head.split(".")[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import callbacks  # noqa: F401  (imported so --help lists them among the known Callback subclasses)
@@ -23,6 +23,7 @@ from core.pretrained import pretrained_keys, turned_off
 from recipes.checkpoint import RecipeCheckpoint
 from recipes.errors import UsageError
 from recipes.prediction_writer import PredictionWriter
+from recipes.progress import RecipeProgressBar
 from recipes.save_config import RecipeConfigCallback
 
 #: Set by the first process of a run to its run directory, so processes that Lightning's DDP launcher starts
@@ -134,6 +135,12 @@ class RecipeCLI(LightningCLI):
         if config.get("enable_checkpointing") is False:
             # The always-on ``--checkpoint`` callback would make Lightning refuse ``enable_checkpointing=false``.
             extra_callbacks = [c for c in extra_callbacks if not isinstance(c, ModelCheckpoint)]
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in [*given, *extra_callbacks]
+        ):
+            extra_callbacks.append(RecipeProgressBar())  # shows train/loss without a host sync every step
         return self._instantiate_trainer(config, extra_callbacks)
 
 
