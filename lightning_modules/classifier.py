@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from core import host_sync
@@ -68,6 +70,9 @@ class Classifier(Task):
         train = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
         self.train_metrics, self.val_metrics, self.test_metrics = per_stage(evaluation, train)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        # The evaluation loss as a metric: summed and counted exactly across DDP processes (a sync_dist mean of a
+        # logged tensor weights the processes by integer-averaged sample counts, biased when the slices differ).
+        self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def training_batch(self, inputs: Any, targets: torch.Tensor) -> tuple[Any, torch.Tensor]:
         """Inputs and loss targets of a training batch: override for batch-level augmentation (mixup's soft
@@ -113,7 +118,8 @@ class Classifier(Task):
         loss = F.cross_entropy(logits, targets)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(logits, targets)
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(targets))
+        self.eval_loss[stage].update(loss, weight=len(targets))
+        self.log(f"{stage}/loss", self.eval_loss[stage], batch_size=len(targets))
         self.log_dict(metrics, batch_size=len(targets))  # not prog_bar: see Task.progress_bar_epochs
         return logits, targets
 

@@ -166,6 +166,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
             return RecipeCLI(
                 **cli_kwargs(_run_name(argv, recipe), DESCRIPTION, SUBCOMMANDS),
                 run=run,
+                only_subcommand=argv[0] if argv and argv[0] in SUBCOMMANDS else None,
             )
         finally:
             sys.argv = saved_argv

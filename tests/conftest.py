@@ -42,3 +42,12 @@ def fake_data_root(tmp_path_factory):
     write_cifar10(root)
     write_image_folder(root, per_class=6, side=32, splits=("train", "val", "test"))
     return root
+
+
+def pytest_configure(config):
+    # Under pytest-xdist each worker is a process of its own: one thread of intra-op parallelism each, so two workers
+    # on two cores do not fight over them (each would otherwise start as many threads as there are cores).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -27,6 +27,8 @@ def records(path: Path) -> list[bytes]:
             pos += left_in_block
             continue
         length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        if pos + HEADER + length > len(data):
+            break  # the writer is still appending this record: it is read on the next poll
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == 0 and length == 0:
@@ -76,9 +78,16 @@ def record_kinds(path: Path) -> list[str]:
 def wait_for_config(path: Path, key: str, timeout: float = 20.0) -> dict:
     """``read_config`` once ``key`` has reached the file: wandb-core's writer may still be flushing when
     ``run.finish()`` returns on a loaded machine (seen once in CI), so poll rather than read once."""
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + timeout
     while True:
-        config = read_config(path)
+        try:
+            config = read_config(path)
+        except DecodeError:  # a record caught mid-write; the writer finishes it shortly
+            if time.monotonic() > deadline:
+                raise
+            config = {}
         if key in config or time.monotonic() > deadline:
             assert key in config, f"no {key!r} in the W&B config; records: {record_kinds(path)}"
             return config

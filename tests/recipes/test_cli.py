@@ -32,6 +32,12 @@ def _sha(path: Path) -> str:
 # Speed knobs only (smaller images, no loader workers, the unfreeze epoch inside a 2-epoch run): which recipes get a
 # smoke run is the glob over the catalog, not this table.
 FASTER = {
+    "vision/cifar10": [
+        "--data.init_args.batch_size=16",
+        "--data.init_args.eval_batch_size=50",
+        "--model.init_args.net.init_args.widths=[16,32,64]",
+    ],
+    "vision/digits_lr_find": ["--trainer.callbacks.init_args.num_training=20"],
     "vision/imagefolder_finetune": [
         "--data.init_args.image_size=32",
         "--data.init_args.num_workers=0",
