@@ -85,6 +85,7 @@ class RecipeCLI(LightningCLI):
         self.data_values: dict[str, object] = {}
         if section.get("data") is not None and section.get("model") is not None:
             datamodule = _built("the DataModule", lambda: _instantiate_data(section.data))
+            _restore_data_state(datamodule, section.get("ckpt_path"))
             self.data_values = _fill_data_values(section.model, self._explicit_model(), datamodule)
             # The model's saved hyperparameters come from this dump (Lightning's instantiator reads it), so they
             # hold the filled values and load_from_checkpoint rebuilds the same model.
@@ -155,6 +156,20 @@ class RecipeCLI(LightningCLI):
         ):
             extra_callbacks.append(RecipeProgressBar())  # shows train/loss without a host sync every step
         return self._instantiate_trainer(config, extra_callbacks)
+
+
+def _restore_data_state(datamodule: LightningDataModule, ckpt_path: str | None) -> None:
+    """Give the DataModule its checkpointed state (fitted preprocessing, class names) before the data values are read:
+    Lightning restores it only after ``setup``, too late for the model's sizes, and ``recipe test|predict`` must not
+    need the training data a checkpoint already summarises."""
+    if not ckpt_path or not os.path.isfile(ckpt_path):  # "last", "best" and the like are Lightning's to resolve
+        return
+    import torch
+
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    state = checkpoint.get(type(datamodule).__qualname__)
+    if state:
+        datamodule.load_state_dict(state)
 
 
 def _instantiate_data(data_config) -> LightningDataModule:
