@@ -34,13 +34,18 @@ def isolated_run(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def fake_data_root(tmp_path_factory):
-    """One folder holding tiny MNIST, CIFAR-10 and image-folder data in their libraries' on-disk formats."""
+    """One folder holding tiny datasets in their libraries' on-disk formats: MNIST, CIFAR-10, image folders, tables
+    (Adult, California housing) and graphs (Planetoid, TU, OGB)."""
     from fake_data import write_cifar10, write_image_folder, write_mnist
+    from gnn_fake_data import write_gnn_fakes
+    from tabular_fake_data import write_tabular_fakes
 
     root = tmp_path_factory.mktemp("data")
     write_mnist(root)
     write_cifar10(root)
     write_image_folder(root, per_class=6, side=32, splits=("train", "val", "test"))
+    write_tabular_fakes(root)
+    write_gnn_fakes(root)
     return root
 
 
