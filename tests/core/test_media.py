@@ -150,7 +150,7 @@ def test_tensorboard_gets_image_audio_and_text(tmp_path):
     log_table(trainer, "val/captions", ["text", "score"], [["a|b", 1], ["x" * 500, 2]])
     log_figure(trainer, "test/curve", figure())
     log_video(trainer, "val/rollout", distinct_frames())  # file only: TensorBoard's video needs moviepy
-    logger.experiment.flush()
+    logger.experiment.close()  # flush() left the last event unwritten once under load; close() waits for the writer
 
     values = tensorboard_values(logger.log_dir)
     assert set(values) == {"val/samples", "val/speech/0", "val/speech/1", "val/captions/text_summary", "test/curve"}
