@@ -87,7 +87,7 @@ def run() -> None:
             deep, deep_seconds, dm = recipe(name, extra)
             gbdt, gbdt_seconds = boosting(dm, dm.target_kind == "classification")
             lines += [f"tabular/{name} (test split, {len(dm.raw_split('test')[1])} rows)",
-                      row("recipe (fit, start-up included)", deep, deep_seconds),
+                      row("recipe (fit; the first: + imports)", deep, deep_seconds),
                       row("HistGradientBoosting (fit)", gbdt, gbdt_seconds)]  # fmt: skip
     print("\n".join(lines))
 

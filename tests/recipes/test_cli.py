@@ -59,6 +59,7 @@ def _neighbor_sampling() -> bool:
 SMOKE = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=5", "--trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow  # a whole fit and test per packaged recipe: 2-4 s each, a third of the quick loop's time
 @pytest.mark.parametrize("path", catalog.recipe_paths(), ids=[catalog.recipe_name(p) for p in catalog.recipe_paths()])
 def test_smoke_fit_then_test_from_checkpoint(path, fake_data_root):
     """Smoke run of every packaged recipe: a short fit, then ``recipe test`` from its last checkpoint."""
