@@ -9,7 +9,8 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from tabular_fake_data import make_table, write_adult, write_table
 
-from datamodules.tabular import AdultDataModule, TabularDataModule
+from datamodules.tabular import TabularDataModule
+from datamodules.tabular_adult import AdultDataModule
 
 
 def _data(frame, **kwargs) -> TabularDataModule:
