@@ -17,6 +17,7 @@ handling, loss and network. What it inherits:
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, Literal
 
@@ -65,8 +66,13 @@ class Task(LightningModule):
             # Collects the arguments of every subclass's __init__ too (Lightning walks the constructor frames).
             self.save_hyperparameters(logger=False)
         built_in_python = [name for name, value in self.hparams.items() if isinstance(value, nn.Module)]
-        if built_in_python:
-            self.remove_ignored_hparams(built_in_python)
+        # A base's argument that the concrete class sets itself (NodeClassifier passes num_classes from
+        # num_node_classes) is not one of its own: kept, ``type(self)(**hparams)`` would refuse it.
+        own = inspect.signature(type(self).__init__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values())
+        not_own = [] if takes_any else [name for name in self.hparams if name not in own and not name.startswith("_")]
+        if built_in_python or not_own:
+            self.remove_ignored_hparams(built_in_python + not_own)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.scheduler_interval = scheduler_interval

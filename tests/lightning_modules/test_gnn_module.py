@@ -84,6 +84,9 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
         assert torch.equal(reloaded(graph), model.eval()(graph))
         fresh = make().eval()
         assert not torch.equal(fresh(graph), model(graph))
+    # Its hyperparameters are its own constructor's (none of the base's it sets itself, such as num_classes).
+    assert "num_classes" not in reloaded.hparams
+    NodeClassifier(**reloaded.hparams)
 
 
 @pytest.mark.slow
