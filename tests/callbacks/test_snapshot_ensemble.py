@@ -322,6 +322,7 @@ def test_two_copies_in_one_trainer_are_refused():
     assert trainer.global_step == 0
 
 
+@pytest.mark.slow  # a whole recipe run (and W&B's service, where logged): seconds
 def test_recipe_test_logs_the_ensemble_of_a_checkpoint():
     # The packaged recipe cut to 10 steps (5 cycles of 2) with a narrow network, so this stays quick.
     quick = [

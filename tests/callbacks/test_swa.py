@@ -472,6 +472,7 @@ def test_two_copies_in_one_trainer_each_get_back_their_own_average(two_copies_ru
         assert torch.equal(restored["live"][name], tensor), name  # the raw weights, not an average
 
 
+@pytest.mark.slow  # a whole recipe run (and W&B's service, where logged): seconds
 def test_digits_swa_recipe_checkpoints_the_model_it_hands_back():
     from recipes.cli import main
 

@@ -182,6 +182,7 @@ def wandb_history(run_file: Path) -> dict:
     return values
 
 
+@pytest.mark.slow  # a whole recipe run (and W&B's service, where logged): seconds
 def test_wandb_offline_run_gets_the_media(tmp_path):
     logger = WandbLogger(save_dir=str(tmp_path), offline=True)
     trainer = make_trainer(tmp_path, logger)

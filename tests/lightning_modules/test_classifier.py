@@ -27,6 +27,7 @@ def test_a_new_input_kind_is_a_short_module():
     assert len(source.splitlines()) < 60 and len(code) < 25
 
 
+@pytest.mark.slow  # a whole recipe run (and W&B's service, where logged): seconds
 def test_feature_classifier_learns_iris_and_inherits_metrics_media_and_reload():
     seed_everything(0)
     optimizer = ["--model.optimizer=AdamW", "--model.optimizer.lr=0.02"]

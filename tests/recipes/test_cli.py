@@ -121,6 +121,7 @@ def test_predict_saves_class_probabilities():
     assert torch.allclose(probs.sum(dim=1), torch.ones(360))
 
 
+@pytest.mark.slow  # a whole recipe run (and W&B's service, where logged): seconds
 def test_checkpoint_rebuilds_an_injected_torchvision_network(fake_data_root):
     args = [
         "fit",
@@ -163,6 +164,7 @@ def test_model_and_data_by_class_path_without_a_recipe(fake_data_root):
     assert cli.trainer.state.finished
 
 
+@pytest.mark.slow  # a whole recipe run (and W&B's service, where logged): seconds
 def test_wandb_runs_offline_with_the_nested_config_once(capsys):
     cli = main(["fit", "--config", "vision/digits", *QUICK])
     out = capsys.readouterr()
@@ -191,6 +193,7 @@ def test_checkpointing_can_be_switched_off():
     assert not list(Path("runs").rglob("*.ckpt"))
 
 
+@pytest.mark.slow  # a whole recipe run (and W&B's service, where logged): seconds
 def test_wandb_test_run_gets_the_confusion_matrix_image_and_table():
     fit = main(["fit", "--config", "vision/digits", *QUICK, *NO_LOGGER])
     test = main(["test", "--config", "vision/digits", "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
@@ -293,6 +296,7 @@ def test_labels_outside_the_classes_are_refused(capsys, tmp_path):
     assert "labels range from" in err and "[0, 9]" in err
 
 
+@pytest.mark.slow  # a whole recipe run (and W&B's service, where logged): seconds
 def test_nan_loss_stops_cleanly_and_keeps_checkpoints(capsys):
     first = main(["fit", "--config", "vision/digits", *QUICK, *NO_LOGGER])
     before = {name: _sha(path) for name, path in _checkpoints(first).items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from wandb_records import wait_for_config
 
 from recipes.cli import main
@@ -25,6 +26,7 @@ def test_two_fits_never_overwrite_each_other_and_say_where_they_went(capsys):
     assert "best checkpoint: " in out and "(val/acc=" in out and "final val/acc: " in out
 
 
+@pytest.mark.slow  # a whole recipe run (and W&B's service, where logged): seconds
 def test_fit_then_test_in_one_process_is_one_wandb_run_under_the_root_dir(tmp_path):
     root = tmp_path / "elsewhere"
     cli = main(["fit", "--config", "vision/digits", *QUICK, f"--trainer.default_root_dir={root}"])
