@@ -20,6 +20,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from datamodules.split_loaders import SplitLoaders
+
 STAGE_MASKS = {"train": "train_mask", "val": "val_mask", "test": "test_mask"}
 
 
@@ -62,13 +64,15 @@ def _the_graph(items: list[Any]) -> Any:
     return items[0]
 
 
-class NodeGraphDataModule(LightningDataModule):
+class NodeGraphDataModule(SplitLoaders, LightningDataModule):
     """Base of full-batch node classification: subclasses implement :meth:`load` (a ``Data`` with ``x``,
     ``edge_index``, ``y`` and the three split masks) without downloading.
 
     Args:
         data_dir: Folder holding the dataset (and where ``prepare_data`` downloads it).
     """
+
+    predict_split = None  # ``recipe predict`` reads this split
 
     def __init__(self, data_dir: str = "data") -> None:
         super().__init__()
@@ -112,18 +116,6 @@ class NodeGraphDataModule(LightningDataModule):
 
     def _loader(self, stage: str | None) -> DataLoader:
         return DataLoader([self.stage_view(stage)], batch_size=1, collate_fn=_the_graph)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(None)
 
 
 class PlanetoidDataModule(NodeGraphDataModule):

@@ -14,9 +14,10 @@ from lightning.pytorch import LightningDataModule
 from torch_geometric.loader import DataLoader
 
 from datamodules.gnn import check_graph, require_files
+from datamodules.split_loaders import SplitLoaders
 
 
-class TUFoldDataModule(LightningDataModule):
+class TUFoldDataModule(SplitLoaders, LightningDataModule):
     """One fold of stratified k-fold cross-validation over a TU dataset (MUTAG, PROTEINS, ...).
 
     The graphs are split by scikit-learn's ``StratifiedKFold`` (shuffled with ``seed``) into ``num_folds`` folds;
@@ -39,6 +40,8 @@ class TUFoldDataModule(LightningDataModule):
         batch_size: Graphs per training batch (the GIN paper searches 32 and 128).
         num_workers: Loader worker processes.
     """
+
+    predict_split = "test"  # ``recipe predict`` reads this split
 
     def __init__(
         self,
@@ -127,23 +130,11 @@ class TUFoldDataModule(LightningDataModule):
             name: torch.as_tensor(np.sort(idx)) for name, idx in (("train", train), ("val", val), ("test", test))
         }
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         return DataLoader(
             self.dataset[self.splits[split]],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=split == "train",
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -33,12 +33,13 @@ from torchvision.transforms import v2
 from datamodules import image_files as files
 from datamodules.in_memory import TensorBatches, augment, batch_loader, to_float
 from datamodules.sampling import EpochSampler, class_weights, processes, shuffle_seed
+from datamodules.split_loaders import SplitLoaders
 
 #: Decoded uint8 pixels a split may take to be held in memory when ``in_memory`` is left to decide.
 MEMORY_BUDGET = 2 * 1024**3
 
 
-class ImageFolderDataModule(LightningDataModule):
+class ImageFolderDataModule(SplitLoaders, LightningDataModule):
     """Image classification on a folder of images.
 
     Args:
@@ -344,18 +345,6 @@ class ImageFolderDataModule(LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=pin,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # uint8 batches come from decoded images: scaled and augmented here on the device. Batches read from files

@@ -19,6 +19,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.sampling import EpochSampler, class_weights, processes, shuffle_seed
+from datamodules.split_loaders import SplitLoaders
 
 
 class TensorBatches(Dataset):
@@ -73,7 +74,7 @@ def batch_loader(data: TensorBatches, sampler: EpochSampler, pin_memory: bool = 
     return DataLoader(data, batch_size=None, sampler=sampler, pin_memory=pin_memory)
 
 
-class InMemoryImageDataModule(LightningDataModule):
+class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
     """Base for image datasets held as tensors; subclasses implement ``load_split``.
 
     Args:
@@ -103,6 +104,8 @@ class InMemoryImageDataModule(LightningDataModule):
     channels: int = 1
     side: int = 28
     classes: tuple[str, ...] = tuple(str(i) for i in range(10))
+
+    predict_split = "test"  # ``recipe predict`` reads this split
 
     def __init__(
         self,
@@ -213,18 +216,6 @@ class InMemoryImageDataModule(LightningDataModule):
             drop_last=train and len(data) > hp.batch_size,  # never drop the only batch of a tiny dataset
         )
         return batch_loader(data, sampler, hp.pin_memory)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if not isinstance(batch, (tuple, list)):  # the model summary's example input, already a float tensor

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules import sampling
 from datamodules.in_memory import batch_loader
 from datamodules.sampling import EpochSampler, processes, shuffle_seed
+from datamodules.split_loaders import SplitLoaders
 from datamodules.tabular_preprocessing import TablePreprocessor
 
 SKLEARN_LOADERS = {"breast_cancer": "load_breast_cancer", "wine": "load_wine", "diabetes": "load_diabetes"}
@@ -77,7 +78,7 @@ def numeric(frame: pd.DataFrame, columns: list[str], source: str) -> pd.DataFram
     return frame
 
 
-class TabularDataModule(LightningDataModule):
+class TabularDataModule(SplitLoaders, LightningDataModule):
     """One table split into train, validation and test, preprocessed with statistics of the training rows only.
 
     Give exactly one source: ``path`` (CSV or Parquet), ``frame`` (a DataFrame, from Python) or ``sklearn`` (a
@@ -398,18 +399,6 @@ class TabularDataModule(LightningDataModule):
             drop_last=train and len(data) > hp.batch_size,  # never drop the only batch of a small table
         )
         return batch_loader(data, sampler)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
 
 
 def _is_numeric(values: pd.Series) -> bool:
