@@ -32,15 +32,31 @@ def parameter_groups(parameters: nn.Module | Iterable[nn.Parameter]) -> list[dic
     """Two groups of the trainable parameters: ``ndim >= 2`` with the optimizer's weight decay, the rest without.
 
     Biases, BatchNorm/LayerNorm scales and other vectors get ``weight_decay=0``: decaying them only shrinks
-    the network's freedom to scale activations, it does not regularise. Frozen parameters (``requires_grad=False``,
+    the network's freedom to scale activations, it does not regularise; so do the parameters a network names in
+    ``no_weight_decay()`` (:func:`exempt_from_decay`). Frozen parameters (``requires_grad=False``,
     e.g. a backbone ``BackboneFinetuning`` unfreezes later) are left out; the callback adds their group itself.
     """
+    exempt = set(map(id, exempt_from_decay(parameters))) if isinstance(parameters, nn.Module) else set()
     params = parameters.parameters() if isinstance(parameters, nn.Module) else parameters
     trainable = [p for p in params if p.requires_grad]
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
+    decay = [p for p in trainable if p.ndim >= 2 and id(p) not in exempt]
+    no_decay = [p for p in trainable if p.ndim < 2 or id(p) in exempt]
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def exempt_from_decay(module: nn.Module) -> list[nn.Parameter]:
+    """Parameters a submodule names in its ``no_weight_decay()`` (timm's convention: names relative to it).
+
+    A network uses it when its paper decays only some matrices, e.g. Kipf & Welling's GCN decays its first layer
+    only; the optimizer's ``weight_decay`` still comes from the recipe.
+    """
+    exempt = []
+    for submodule in module.modules():
+        if callable(getattr(submodule, "no_weight_decay", None)):
+            named = dict(submodule.named_parameters())
+            exempt += [named[name] for name in submodule.no_weight_decay()]
+    return exempt
 
 
 def wants_run_length(factory: Callable) -> bool:

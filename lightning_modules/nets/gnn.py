@@ -38,6 +38,10 @@ class GCNNet(nn.Module):
     def reset_parameters(self) -> None:
         self.gnn.reset_parameters()
 
+    def no_weight_decay(self) -> list[str]:
+        # The paper's code decays the first layer's weights only (PyG's example does the same).
+        return [name for name, _ in self.named_parameters() if not name.startswith("gnn.convs.0.")]
+
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         x = F.dropout(x, self.dropout, self.training)  # (N, in_channels)
         return self.gnn(x, edge_index)  # (N, out_channels)

@@ -9,6 +9,7 @@ import torch
 from gnn_fake_data import write_tu
 from lightning.pytorch import Trainer, seed_everything
 
+from core.optim import parameter_groups
 from datamodules.gnn import KarateClubDataModule
 from datamodules.gnn_tu import TUFoldDataModule
 from lightning_modules.gnn import GraphClassifier, NodeClassifier, scored_nodes
@@ -38,6 +39,16 @@ def test_gin_maps_each_graph_of_a_batch_to_class_scores():
     x, edges = torch.randn(7, 4), torch.tensor([[0, 1, 3, 4, 5], [1, 2, 4, 5, 6]])
     batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     assert GINNet(4, 2, hidden_channels=8).eval()(x, edges, batch).shape == (2, 2)
+
+
+def test_gcn_decays_its_first_layer_only_as_in_the_paper():
+    net = GCNNet(5, 3)
+    decayed, undecayed = parameter_groups(net)
+    first, second = net.gnn.convs
+    assert [id(p) for p in decayed["params"]] == [id(first.lin.weight)]
+    assert undecayed["weight_decay"] == 0.0 and {id(second.lin.weight), id(first.bias)} <= set(
+        map(id, undecayed["params"])
+    )
 
 
 def test_only_the_stage_nodes_are_scored():

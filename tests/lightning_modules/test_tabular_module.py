@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tabular_fake_data import make_table, write_table
@@ -81,16 +82,21 @@ def test_breast_cancer_reaches_95_percent():
 
 
 @pytest.mark.slow
-def test_diabetes_beats_a_linear_model_on_the_same_split():
+def test_diabetes_reaches_r2_040_over_three_splits():
     from sklearn.linear_model import RidgeCV
     from sklearn.metrics import r2_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    cli = main(["fit", "--config", "tabular/diabetes", *QUIET])
-    result = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
-    (x_train, y_train), (x_test, y_test) = (cli.datamodule.raw_split(s) for s in ("train", "test"))
-    ridge = r2_score(y_test, make_pipeline(StandardScaler(), RidgeCV()).fit(x_train, y_train).predict(x_test))
-    # The target is R2 >= 0.40; this seed's 89-row test split is hard: ridge 0.35, gradient boosting 0.24,
-    # the recipe 0.38-0.39 (see the README). The test holds the recipe to the linear model and to 0.35.
-    assert result["test/r2"] >= max(0.35, ridge), (result, ridge)
+    ours, ridge = [], []
+    for seed in (0, 1, 2):  # 89 test rows make one split's R2 swing by 0.1 (ridge: 0.35 on seed 0, 0.44 on seed 1)
+        split = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
+        cli = main(["fit", "--config", "tabular/diabetes", *QUIET, *split])
+        ours.append(
+            cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]["test/r2"]
+        )
+        (x_train, y_train), (x_test, y_test) = (cli.datamodule.raw_split(s) for s in ("train", "test"))
+        linear = make_pipeline(StandardScaler(), RidgeCV()).fit(x_train, y_train)
+        ridge.append(r2_score(y_test, linear.predict(x_test)))
+    # Diabetes is close to linear: the recipe's mean is 0.406, ridge's 0.403 on the same rows (README).
+    assert np.mean(ours) >= 0.40 and np.mean(ours) >= np.mean(ridge) - 0.01, (ours, ridge)
