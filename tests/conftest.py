@@ -35,7 +35,9 @@ def isolated_run(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def fake_data_root(tmp_path_factory):
     """One folder holding tiny datasets in their libraries' on-disk formats: MNIST, CIFAR-10, image folders, tables
-    (Adult, California housing) and graphs (Planetoid, TU, OGB)."""
+    (Adult, California housing), graphs (Planetoid, TU, OGB) and audio (FSDD `recordings/`, `audio_folder/`,
+    `SpeechCommands/`)."""
+    from audio_fake_data import write_audio_fakes
     from fake_data import write_cifar10, write_image_folder, write_mnist
     from gnn_fake_data import write_gnn_fakes
     from tabular_fake_data import write_tabular_fakes
@@ -46,6 +48,7 @@ def fake_data_root(tmp_path_factory):
     write_image_folder(root, per_class=6, side=32, splits=("train", "val", "test"))
     write_tabular_fakes(root)
     write_gnn_fakes(root)
+    write_audio_fakes(root)
     return root
 
 
