@@ -61,7 +61,12 @@ def _resolve_configs(argv: list[str]) -> tuple[list[str], str | None]:
 def _run_name(argv: list[str], recipe: str | None) -> str:
     if recipe:
         return recipe
-    picked = [argv[i + 1].rsplit(".", 1)[-1] for i, a in enumerate(argv[:-1]) if a in ("--model", "--data")]
+    picked = []
+    for i, arg in enumerate(argv):
+        if arg in ("--model", "--data") and i + 1 < len(argv):
+            picked.append(argv[i + 1].rsplit(".", 1)[-1])
+        elif arg.startswith(("--model=", "--data=")):  # the same flags written with '='
+            picked.append(arg.split("=", 1)[1].rsplit(".", 1)[-1])
     return "-".join(picked) or "run"
 
 

@@ -39,3 +39,11 @@ def test_fit_then_test_in_one_process_is_one_wandb_run_under_the_root_dir(tmp_pa
     again = main(["fit", "--config", "vision/digits", *QUICK, f"--trainer.default_root_dir={root}"])
     again.trainer.logger.close()
     assert len(list(root.glob("version_*/wandb/offline-run-*"))) == 2  # a new command, a new run
+
+
+def test_run_named_by_class_paths_with_either_flag_form():
+    from recipes.cli import _run_name
+
+    assert _run_name(
+        ["fit", "--model=lightning_modules.autoencoder.VAE", "--data", "datamodules.vision.MNIST"], None
+    ) == ("VAE-MNIST")
