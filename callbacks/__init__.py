@@ -1,8 +1,10 @@
-"""Training callbacks that work on any LightningModule: weight averaging, snapshot ensembles, LR range test, pruning."""
+"""Training callbacks that work on any LightningModule: weight averaging, snapshot ensembles, LR range test, pruning,
+greedy evaluation episodes of an RL agent."""
 
 from callbacks.lr_finder import LRFinder
 from callbacks.pruning import Pruning
+from callbacks.rl_evaluation import RLEvaluation
 from callbacks.snapshot_ensemble import SnapshotEnsemble
 from callbacks.swa import SWA
 
-__all__ = ["SWA", "SnapshotEnsemble", "LRFinder", "Pruning"]
+__all__ = ["SWA", "SnapshotEnsemble", "LRFinder", "Pruning", "RLEvaluation"]

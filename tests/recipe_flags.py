@@ -8,7 +8,10 @@ import yaml
 def offline_overrides(path, data_root) -> list[str]:
     """Flags that let any recipe instantiate on this machine: CPU, no logger, local data, no weight download."""
     config = yaml.safe_load(path.read_text())
-    flags = ["--trainer.accelerator=cpu", "--trainer.logger=false", f"--data.init_args.data_dir={data_root}"]
+    flags = ["--trainer.accelerator=cpu", "--trainer.logger=false"]
+    data = (config.get("data") or {}).get("class_path") or ""
+    if not data.startswith("datamodules.rl."):  # environments are made, not read from a data folder
+        flags.append(f"--data.init_args.data_dir={data_root}")
     net = ((config.get("model") or {}).get("init_args") or {}).get("net") or {}
     if "weights" in (net.get("init_args") or {}):
         flags.append(f"--config={no_pretrained_weights()}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -51,6 +52,8 @@ FASTER = {
 #: Recipes whose loaders sample neighbours: PyG does that with pyg-lib or torch-sparse, compiled packages from PyG's own
 #: wheel index (not on PyPI as wheels), which a GPU user installs.
 NEEDS_NEIGHBOR_SAMPLING = {"gnn/arxiv_sage"}
+#: Recipes whose environment needs an optional extra (``pip install "gymnasium[box2d]"``).
+NEEDS_BOX2D = {"rl/lunarlander_ppo"}
 
 
 def _neighbor_sampling() -> bool:
@@ -77,12 +80,17 @@ def test_smoke_fit_then_test_from_checkpoint(path, fake_data_root):
     recipe = catalog.recipe_name(path)
     if recipe in NEEDS_NEIGHBOR_SAMPLING and not _neighbor_sampling():
         pytest.skip("neighbour sampling needs pyg-lib or torch-sparse (PyG's wheel index), not installable offline")
+    if recipe in NEEDS_BOX2D and importlib.util.find_spec("Box2D") is None:
+        pytest.skip("LunarLander needs Box2D: pip install 'gymnasium[box2d]'")
     flags = [*offline_overrides(path, fake_data_root), *FASTER.get(recipe, [])]
     fit = main(["fit", "--config", recipe, *SMOKE, *flags])
     checkpoints = _checkpoints(fit)
     assert "last.ckpt" in checkpoints
     assert (Path(fit.trainer.checkpoint_callback.dirpath) / "config.yaml").is_file()
     assert torch.isfinite(fit.trainer.callback_metrics["train/loss"])
+    if recipe.startswith("rl/"):  # the environment is the data: no test split (RLEvaluation plays greedy episodes)
+        assert fit.trainer.callback_metrics["env/steps"] > 0
+        return
 
     ckpt = str(checkpoints["last.ckpt"])
     test = main(["test", "--config", recipe, *flags, "--ckpt_path", ckpt])
