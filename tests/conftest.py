@@ -36,10 +36,11 @@ def isolated_run(tmp_path, monkeypatch):
 def fake_data_root(tmp_path_factory):
     """One folder holding tiny datasets in their libraries' on-disk formats: MNIST, CIFAR-10, image folders, tables
     (Adult, California housing), graphs (Planetoid, TU, OGB) and audio (FSDD `recordings/`, `audio_folder/`,
-    `SpeechCommands/`)."""
+    `SpeechCommands/`) and text (SMS-style TSV, a text file, a tiny Hugging Face model)."""
     from audio_fake_data import write_audio_fakes
     from fake_data import write_cifar10, write_image_folder, write_mnist
     from gnn_fake_data import write_gnn_fakes
+    from nlp_fake_data import write_nlp_fakes
     from tabular_fake_data import write_tabular_fakes
 
     root = tmp_path_factory.mktemp("data")
@@ -49,6 +50,7 @@ def fake_data_root(tmp_path_factory):
     write_tabular_fakes(root)
     write_gnn_fakes(root)
     write_audio_fakes(root)
+    write_nlp_fakes(root)
     return root
 
 

@@ -15,6 +15,14 @@ def offline_overrides(path, data_root) -> list[str]:
     net = ((config.get("model") or {}).get("init_args") or {}).get("net") or {}
     if "weights" in (net.get("init_args") or {}):
         flags.append(f"--config={no_pretrained_weights()}")
+    net = net if isinstance(net, dict) else {}
+    if "name_or_path" in (net.get("init_args") or {}) or str(net.get("class_path", "")).endswith(
+        "PretrainedClassifier"
+    ):
+        tiny = f"{data_root}/tiny_distilbert"  # a Hugging Face model by name: the tiny one nlp_fake_data saves
+        flags += [f"--model.init_args.net.init_args.name_or_path={tiny}", f"--data.init_args.tokenizer={tiny}"]
+    if "dataset" in ((config.get("data") or {}).get("init_args") or {}):  # a Hugging Face dataset: a local CSV
+        flags += ["--data.init_args.dataset=null", "--data.init_args.path=text_classification/topics.csv"]
     return flags
 
 
