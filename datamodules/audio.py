@@ -20,28 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules import audio_files as files
 from datamodules.in_memory import TensorBatches, batch_loader
-from datamodules.sampling import EpochSampler, processes, shuffle_seed
+from datamodules.sampling import EpochSampler, processes, shuffle_seed, stratified_split
 from datamodules.split_loaders import SplitLoaders
 
 __all__ = ["AudioDataModule", "AudioFolderDataModule", "FSDDDataModule"]
 
 #: Decoded float32 samples a split may take to be held in memory when ``in_memory`` is left to decide.
 MEMORY_BUDGET = 2 * 1024**3
-
-
-def stratified_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded ``(train, held_out)`` positions of ``labels``: ``fraction`` of each class held out (at least one of a
-    class with two or more members), both lists sorted."""
-    generator = torch.Generator().manual_seed(seed)
-    targets = torch.as_tensor(labels)
-    train, held_out = [], []
-    for c in targets.unique():
-        members = torch.nonzero(targets == c).flatten()
-        members = members[torch.randperm(len(members), generator=generator)].tolist()
-        n = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
-        held_out += members[:n]
-        train += members[n:]
-    return sorted(train), sorted(held_out)
 
 
 class AudioDataModule(SplitLoaders, LightningDataModule):
@@ -267,8 +252,11 @@ class FSDDDataModule(AudioDataModule):
             pool = [r for r, t in zip(recordings, test, strict=True) if not t]
             if not pool:
                 raise MisconfigurationException(f"FSDD in {self.data_dir} leaves no recordings to train on.")
-            train, val = stratified_split(
-                [digit for _, digit, _, _ in pool], self.hparams.val_fraction, self.hparams.seed
+            train, val = (
+                part.tolist()
+                for part in stratified_split(
+                    [digit for _, digit, _, _ in pool], self.hparams.val_fraction, self.hparams.seed, keep_one=True
+                )
             )
             chosen = [pool[i] for i in (train if split == "train" else val)]
         if not chosen:
@@ -382,7 +370,10 @@ class AudioFolderDataModule(AudioDataModule):
         paths, labels = self._scan("train")
         if os.path.isdir(self._folder("val")):  # with val/ present, all of train/ trains
             return paths, labels
-        train, val = stratified_split(labels, self.hparams.val_fraction, self.hparams.seed)
+        train, val = (
+            part.tolist()
+            for part in stratified_split(labels, self.hparams.val_fraction, self.hparams.seed, keep_one=True)
+        )
         chosen = train if split == "train" else val
         return [paths[i] for i in chosen], [labels[i] for i in chosen]
 

@@ -18,7 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import EpochSampler, class_weights, processes, shuffle_seed
+from datamodules.sampling import EpochSampler, class_weights, processes, shuffle_seed, stratified_split
 from datamodules.split_loaders import SplitLoaders
 
 
@@ -174,7 +174,7 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
             return
         images, labels = self.load_split(train=True)
         self._check(images, labels, "train")
-        train_idx, val_idx = self._stratified_split(labels)
+        train_idx, val_idx = stratified_split(labels, self.hparams.val_fraction, self.hparams.seed)
         self.splits["train"] = TensorBatches(images[train_idx], labels[train_idx])
         self.splits["val"] = TensorBatches(images[val_idx], labels[val_idx])
         test_images, test_labels = self.load_split(train=False)
@@ -189,17 +189,6 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
     def normalization(self) -> tuple[list[float], list[float]] | None:
         """Per-channel ``(mean, std)`` of the training split's pixels in ``[0, 1]``; ``None`` before ``setup``."""
         return (self.mean, self.std) if self.mean is not None else None
-
-    def _stratified_split(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        train_parts, val_parts = [], []
-        for c in labels.unique():
-            members = torch.nonzero(labels == c).flatten()
-            members = members[torch.randperm(len(members), generator=generator)]
-            n_val = round(len(members) * self.hparams.val_fraction)
-            val_parts.append(members[:n_val])
-            train_parts.append(members[n_val:])
-        return torch.cat(train_parts).sort().values, torch.cat(val_parts).sort().values
 
     def _loader(self, split: str) -> DataLoader:
         if not self.splits:

@@ -147,3 +147,23 @@ class EpochSampler(DistributedSampler):
         if self.batch_size is not None:
             items = self.size // self.batch_size if self.drop_last_batch else -(-self.size // self.batch_size)
         return -(-items // self.num_replicas)
+
+
+def stratified_split(
+    labels: Any, fraction: float, seed: int, keep_one: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded ``(train, held_out)`` positions of ``labels`` (a sequence or tensor of class indices), both sorted:
+    ``round(fraction * size)`` of each class held out, or with ``keep_one`` at least one of every class that has
+    two or more members (small folders keep every class in validation)."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.as_tensor(labels)
+    train, held_out = [], []
+    for c in targets.unique():
+        members = torch.nonzero(targets == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        n = round(len(members) * fraction)
+        if keep_one and len(members) > 1:
+            n = max(1, n)
+        held_out.append(members[:n])
+        train.append(members[n:])
+    return torch.cat(train).sort().values, torch.cat(held_out).sort().values

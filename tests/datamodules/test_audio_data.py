@@ -12,9 +12,10 @@ from audio_fake_data import tone, write_audio_folder, write_fsdd, write_speech_c
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from datamodules import audio_files
-from datamodules.audio import AudioFolderDataModule, FSDDDataModule, stratified_split
+from datamodules.audio import AudioFolderDataModule, FSDDDataModule
 from datamodules.audio_speech_commands import SpeechCommandsDataModule
 from datamodules.in_memory import TensorBatches
+from datamodules.sampling import stratified_split
 
 
 def _speakers(dm: FSDDDataModule, split: str) -> list[tuple[str, int]]:
@@ -58,12 +59,14 @@ def test_fsdd_missing_folder_and_misnamed_file_are_named(tmp_path):
         FSDDDataModule(str(tmp_path)).setup("fit")
 
 
-def test_stratified_split_is_seeded():
-    labels = [0] * 10 + [1] * 20
-    train, val = stratified_split(labels, 0.2, seed=0)
-    assert sorted(train + val) == list(range(30)) and [labels[i] for i in val].count(0) == 2
-    assert stratified_split(labels, 0.2, seed=0) == (train, val)
-    assert stratified_split(labels, 0.2, seed=1)[1] != val
+def test_stratified_split_is_seeded_and_keeps_small_classes_in_validation():
+    labels = [0] * 10 + [1] * 20 + [2] * 2
+    train, val = (part.tolist() for part in stratified_split(labels, 0.2, seed=0))
+    assert sorted(train + val) == list(range(32)) and [labels[i] for i in val] == [0, 0] + [1] * 4
+    assert [p.tolist() for p in stratified_split(labels, 0.2, seed=0)] == [train, val]
+    assert stratified_split(labels, 0.2, seed=1)[1].tolist() != val
+    kept = stratified_split(labels, 0.2, seed=0, keep_one=True)[1].tolist()
+    assert [labels[i] for i in kept].count(2) == 1  # round(0.4) is 0; keep_one holds one out anyway
 
 
 @pytest.mark.parametrize(("rate", "seconds"), [(8000, 0.3), (22050, 0.5), (44100, 2.5)])
