@@ -18,7 +18,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import EpochSampler, class_weights, processes, shuffle_seed, stratified_split
+from datamodules.sampling import (
+    EpochSampler,
+    balanced_loss_weights,
+    class_weights,
+    processes,
+    shuffle_seed,
+    stratified_split,
+)
 from datamodules.split_loaders import SplitLoaders
 
 
@@ -189,6 +196,11 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
     def normalization(self) -> tuple[list[float], list[float]] | None:
         """Per-channel ``(mean, std)`` of the training split's pixels in ``[0, 1]``; ``None`` before ``setup``."""
         return (self.mean, self.std) if self.mean is not None else None
+
+    @property
+    def class_weights(self) -> torch.Tensor | None:
+        """Per-class loss weights ``N / (C * count)`` (C,) of the training split; ``None`` before ``setup``."""
+        return balanced_loss_weights(self.splits["train"].labels, self.num_classes) if self.splits else None
 
     def _loader(self, split: str) -> DataLoader:
         if not self.splits:

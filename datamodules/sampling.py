@@ -22,6 +22,13 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return (1.0 / counts.double())[labels]  # (N,)
 
 
+def balanced_loss_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class loss weights ``N / (C * count)`` (C,), scikit-learn's ``class_weight="balanced"``: every class adds
+    the same total weight to a class-weighted loss, and a balanced split gets weights of 1."""
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).double()
+    return (len(labels) / (num_classes * counts)).float()  # (C,)
+
+
 def shuffle_seed(seed: int | None) -> int:
     """``seed`` itself, or when it is ``None`` the run's global seed (``--seed_everything``, 0 without one).
 

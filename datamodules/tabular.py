@@ -328,8 +328,7 @@ class TabularDataModule(SplitLoaders, LightningDataModule):
         """Per-class loss weights ``N / (C * count)`` (C,) of the training split; ``None`` for regression."""
         if self.target_kind != "classification":
             return None
-        counts = torch.bincount(self._split("train").targets, minlength=len(self.classes)).clamp_min(1).double()
-        return (counts.sum() / (len(counts) * counts)).float()
+        return sampling.balanced_loss_weights(self._split("train").targets, len(self.classes))
 
     def raw_split(self, split: str) -> tuple[pd.DataFrame, np.ndarray]:
         """The rows of ``split`` as read (numbers as floats, categories as given, gaps kept) and their targets
