@@ -412,8 +412,10 @@ class SWA(Callback):
         prefix = f"{self.module}." if self.module is not None else ""
         target = self._target(pl_module)
         named = chain(target.named_parameters(remove_duplicate=False), target.named_buffers(remove_duplicate=False))
+        saved = target.state_dict(keep_vars=True).keys()  # non-persistent buffers are never checkpointed: skipped
         for name, tensor in named:
-            yield prefix + name, tensor
+            if name in saved:
+                yield prefix + name, tensor
 
     @torch.no_grad()
     def _update(self, pl_module: pl.LightningModule, step: int) -> None:

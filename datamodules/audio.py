@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules import audio_files as files
 from datamodules.in_memory import TensorBatches, batch_loader
-from datamodules.sampling import EpochSampler, processes, shuffle_seed, stratified_split
+from datamodules.sampling import EpochSampler, balanced_loss_weights, processes, shuffle_seed, stratified_split
 from datamodules.split_loaders import SplitLoaders
 
 __all__ = ["AudioDataModule", "AudioFolderDataModule", "FSDDDataModule"]
@@ -96,6 +96,11 @@ class AudioDataModule(SplitLoaders, LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Per-class loss weights ``N / (C * count)`` (C,) of the training split (scikit-learn's "balanced")."""
+        return balanced_loss_weights(torch.as_tensor(self.labelled_files("train")[1]), self.num_classes)
 
     def labelled_files(self, split: str) -> tuple[list[str], list[int]]:
         """The paths and class indices of ``split`` (``train``, ``val`` or ``test``); subclasses implement it."""

@@ -20,6 +20,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from datamodules.sampling import balanced_loss_weights
 from datamodules.split_loaders import SplitLoaders
 
 STAGE_MASKS = {"train": "train_mask", "val": "val_mask", "test": "test_mask"}
@@ -101,6 +102,11 @@ class NodeGraphDataModule(SplitLoaders, LightningDataModule):
     @property
     def num_node_classes(self) -> int:
         return int(self.graph.y.max()) + 1
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Per-class loss weights ``N / (C * count)`` (C,) of the training split (scikit-learn's "balanced")."""
+        return balanced_loss_weights(self.graph.y[self.graph.train_mask], self.num_node_classes)
 
     def setup(self, stage: str) -> None:
         self.graph  # noqa: B018 - loads and checks once; later stages reuse it

@@ -14,6 +14,7 @@ from lightning.pytorch import LightningDataModule
 from torch_geometric.loader import DataLoader
 
 from datamodules.gnn import check_graph, require_files
+from datamodules.sampling import balanced_loss_weights
 from datamodules.split_loaders import SplitLoaders
 
 
@@ -102,6 +103,12 @@ class TUFoldDataModule(SplitLoaders, LightningDataModule):
     @property
     def num_classes(self) -> int:
         return int(self.dataset.num_classes)
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Per-class loss weights ``N / (C * count)`` (C,) of the training split (scikit-learn's "balanced")."""
+        self.setup("fit")
+        return balanced_loss_weights(self.dataset.y[self.splits["train"]], self.num_classes)
 
     def folds(self) -> list[np.ndarray]:
         """The test indices of every fold: a seeded, stratified partition of the graphs."""

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules import text_tokenizers
 from datamodules.in_memory import batch_loader
-from datamodules.sampling import EpochSampler, processes, shuffle_seed
+from datamodules.sampling import EpochSampler, balanced_loss_weights, processes, shuffle_seed
 from datamodules.split_loaders import SplitLoaders
 
 #: name -> (hub id, text column, label column, the split used as test). SST-2's test labels are hidden: its
@@ -329,6 +329,12 @@ class TextClassificationDataModule(SplitLoaders, LightningDataModule):
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.classes) if self.num_classes else ()
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Per-class loss weights ``N / (C * count)`` (C,) of the training split (scikit-learn's "balanced")."""
+        self._prepare()
+        return balanced_loss_weights(torch.as_tensor(np.asarray(self._splits["train"][1])), self.num_classes)
 
     # ---- tokens ----
     def encode(self, texts: list[str]) -> list[list[int]]:

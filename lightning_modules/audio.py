@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lightning_modules.classifier import Classifier
+from lightning_modules.distillation import Distillation
 from lightning_modules.nets import ConvNet, adapt_classifier
 
 #: Stage widths of the default spectrogram network (see ``net``).
@@ -74,6 +75,10 @@ class AudioClassifier(Classifier):
         lr_scheduler: Optional scheduler factory. A ``total_steps`` left unset (one-cycle) is filled from the trainer.
         scheduler_interval: Step the scheduler every optimizer ``step`` or every ``epoch``.
         label_smoothing: Label smoothing of the cross-entropy, in ``[0, 1)``.
+        focal_gamma: Focal loss's exponent for the training loss (2 is usual); 0 keeps cross-entropy.
+        class_weighted: Weight the training loss by the DataModule's ``class_weights``, for imbalanced classes.
+        distillation: Learn from a teacher checkpoint too (``teacher``, ``temperature``, ``alpha``); see
+            :class:`lightning_modules.distillation.Distillation`.
         class_names: Names for the confusion matrix axes; indices are used when not given.
 
     ``forward`` takes waveforms ``(B, num_samples)`` or ``(B, 1, num_samples)`` as the DataModule yields them and does
@@ -99,12 +104,18 @@ class AudioClassifier(Classifier):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
         label_smoothing: float = 0.0,
+        focal_gamma: float = 0.0,
+        class_weighted: bool = False,
+        distillation: Distillation | None = None,
         class_names: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
             class_names=class_names,
             label_smoothing=label_smoothing,
+            focal_gamma=focal_gamma,
+            class_weighted=class_weighted,
+            distillation=distillation,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             scheduler_interval=scheduler_interval,

@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lightning_modules.classifier import Classifier
+from lightning_modules.distillation import Distillation
 from lightning_modules.nets.gnn import GCNNet, GINNet
 
 #: A network factory: called with ``(in_channels, out_channels)`` from the data's sizes.
@@ -53,6 +54,10 @@ class NodeClassifier(Classifier):
         lr_scheduler: Optional scheduler factory.
         scheduler_interval: Step the scheduler every optimizer ``step`` or every ``epoch``.
         label_smoothing: Label smoothing of the training cross-entropy, in ``[0, 1)``.
+        focal_gamma: Focal loss's exponent for the training loss (2 is usual); 0 keeps cross-entropy.
+        class_weighted: Weight the training loss by the DataModule's ``class_weights``, for imbalanced classes.
+        distillation: Learn from a teacher checkpoint too (``teacher``, ``temperature``, ``alpha``); see
+            :class:`lightning_modules.distillation.Distillation`.
         class_names: Names for the confusion matrix axes; indices are used when not given.
     """
 
@@ -65,12 +70,18 @@ class NodeClassifier(Classifier):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "epoch",
         label_smoothing: float = 0.0,
+        focal_gamma: float = 0.0,
+        class_weighted: bool = False,
+        distillation: Distillation | None = None,
         class_names: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_node_classes,
             class_names=class_names,
             label_smoothing=label_smoothing,
+            focal_gamma=focal_gamma,
+            class_weighted=class_weighted,
+            distillation=distillation,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             scheduler_interval=scheduler_interval,
@@ -102,6 +113,10 @@ class GraphClassifier(Classifier):
         lr_scheduler: Optional scheduler factory (the GIN paper halves the rate every 50 epochs: ``StepLR``).
         scheduler_interval: Step the scheduler every optimizer ``step`` or every ``epoch``.
         label_smoothing: Label smoothing of the training cross-entropy, in ``[0, 1)``.
+        focal_gamma: Focal loss's exponent for the training loss (2 is usual); 0 keeps cross-entropy.
+        class_weighted: Weight the training loss by the DataModule's ``class_weights``, for imbalanced classes.
+        distillation: Learn from a teacher checkpoint too (``teacher``, ``temperature``, ``alpha``); see
+            :class:`lightning_modules.distillation.Distillation`.
         class_names: Names for the confusion matrix axes; indices are used when not given.
     """
 
@@ -114,12 +129,18 @@ class GraphClassifier(Classifier):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "epoch",
         label_smoothing: float = 0.0,
+        focal_gamma: float = 0.0,
+        class_weighted: bool = False,
+        distillation: Distillation | None = None,
         class_names: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(
             num_classes=num_classes,
             class_names=class_names,
             label_smoothing=label_smoothing,
+            focal_gamma=focal_gamma,
+            class_weighted=class_weighted,
+            distillation=distillation,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             scheduler_interval=scheduler_interval,

@@ -32,6 +32,7 @@ from torchmetrics.classification import (
 )
 
 from core import host_sync
+from core.losses import classification_loss
 from core.metrics import log_confusion_matrix, per_stage
 from lightning_modules.nets.tabular import TabularMLP
 from lightning_modules.task import Task
@@ -54,6 +55,8 @@ class TabularModel(Task):
         label_smoothing: Label smoothing of the training cross-entropy, in ``[0, 1)``.
         class_weighted: Weight the training cross-entropy by the DataModule's ``class_weights`` (inverse class
             frequency of the training split), the loss counterpart of ``--data.init_args.balance``.
+        focal_gamma: Focal loss's exponent for the training loss (Lin et al. 2017; 2 is usual); 0 keeps
+            cross-entropy (:mod:`core.losses`, shared with every classifier).
         **kwargs: ``optimizer``, ``lr_scheduler`` and ``scheduler_interval`` of :class:`Task`.
     """
 
@@ -67,6 +70,7 @@ class TabularModel(Task):
         class_names: tuple[str, ...] | None = None,
         label_smoothing: float = 0.0,
         class_weighted: bool = False,
+        focal_gamma: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -77,6 +81,9 @@ class TabularModel(Task):
             raise ValueError(f"classification needs num_classes >= 2, got {num_classes}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
+        self.focal_gamma = focal_gamma
         self.num_classes, self.label_smoothing, self.class_weighted = num_classes, label_smoothing, class_weighted
         self.class_names = tuple(class_names) if class_names else tuple(map(str, range(num_classes or 0)))
         self.net = net(num_continuous, tuple(cardinalities), num_classes if self.classify else 1)
@@ -142,14 +149,15 @@ class TabularModel(Task):
         return self.combine(self.members(inputs))
 
     def loss(self, members: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The mean of the members' losses: cross-entropy, or squared error on the standardised target."""
+        """The mean of the members' losses: cross-entropy or focal, or squared error on the standardised target."""
         b, k, out = members.shape
         if self.classify:
-            return F.cross_entropy(
+            return classification_loss(
                 members.reshape(b * k, out),  # (B * k, C)
                 targets.repeat_interleave(k),
-                weight=self.loss_weights if self.class_weighted else None,
-                label_smoothing=self.label_smoothing,
+                self.focal_gamma,
+                self.loss_weights if self.class_weighted else None,
+                self.label_smoothing,
             )
         standardised = ((targets - self.target_mean) / self.target_std).unsqueeze(1)  # (B, 1)
         return F.mse_loss(members.squeeze(-1), standardised.expand(b, k))

@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from lightning_modules.classifier import Classifier
+from lightning_modules.distillation import Distillation
 from lightning_modules.nets import CompactResNet, adapt_classifier
 
 #: Stage widths of the default network (see ``net``).
@@ -40,6 +41,10 @@ class ImageClassifier(Classifier):
         lr_scheduler: Optional scheduler factory. A ``total_steps`` left unset (one-cycle) is filled from the trainer.
         scheduler_interval: Step the scheduler every optimizer ``step`` or every ``epoch``.
         label_smoothing: Label smoothing of the cross-entropy, in ``[0, 1)``.
+        focal_gamma: Focal loss's exponent for the training loss (2 is usual); 0 keeps cross-entropy.
+        class_weighted: Weight the training loss by the DataModule's ``class_weights``, for imbalanced classes.
+        distillation: Learn from a teacher checkpoint too (``teacher``, ``temperature``, ``alpha``); see
+            :class:`lightning_modules.distillation.Distillation`.
         mixup_alpha: Beta(alpha, alpha) for mixup; 0 turns it off.
         cutmix_alpha: Beta(alpha, alpha) for CutMix; 0 turns it off. With both on, each batch picks one at random.
         channels_last: Run the network in channels-last memory format (faster convolutions on CPUs and tensor cores).
@@ -62,6 +67,9 @@ class ImageClassifier(Classifier):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
         label_smoothing: float = 0.0,
+        focal_gamma: float = 0.0,
+        class_weighted: bool = False,
+        distillation: Distillation | None = None,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         channels_last: bool = False,
@@ -71,6 +79,9 @@ class ImageClassifier(Classifier):
             num_classes=num_classes,
             class_names=class_names,
             label_smoothing=label_smoothing,
+            focal_gamma=focal_gamma,
+            class_weighted=class_weighted,
+            distillation=distillation,
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             scheduler_interval=scheduler_interval,
@@ -118,6 +129,7 @@ class ImageClassifier(Classifier):
     def setup(self, stage: str) -> None:
         # In setup, not on_fit_start: callbacks' on_fit_start (an LR range test) already runs the model. The
         # DataModule's setup, which computes the training split's statistics, has run by now.
+        super().setup(stage)
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         stats = getattr(datamodule, "normalization", None) if stage == "fit" else None
         if stats is not None:

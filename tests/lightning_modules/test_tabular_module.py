@@ -9,6 +9,7 @@ import pytest
 import torch
 from tabular_fake_data import make_table, write_table
 
+from core.losses import focal_loss
 from lightning_modules.nets.tabular import FTTransformer, TabM, TabularMLP
 from lightning_modules.tabular import TabularModel
 from recipes.cli import main
@@ -33,6 +34,16 @@ def test_tabm_bins_travel_in_the_state_dict():
     assert torch.equal(
         fresh.eval()(x, torch.zeros(7, 0, dtype=torch.long)), net.eval()(x, torch.zeros(7, 0, dtype=torch.long))
     )
+
+
+def test_the_focal_and_weighted_loss_is_the_shared_one_over_every_member():
+    model = TabularModel(net=TabM, num_continuous=2, num_classes=3, focal_gamma=2.0, class_weighted=True)
+    model.loss_weights.copy_(torch.tensor([1.0, 2.0, 0.5]))
+    members, targets = torch.randn(4, 5, 3), torch.tensor([0, 1, 2, 1])  # (B, k, C)
+    expected = focal_loss(members.reshape(20, 3), targets.repeat_interleave(5), 2.0, model.loss_weights)
+    assert torch.allclose(model.loss(members, targets), expected)
+    with pytest.raises(ValueError, match="focal_gamma must be >= 0"):
+        TabularModel(num_continuous=2, num_classes=3, focal_gamma=-1.0)
 
 
 def test_regression_predictions_are_in_target_units_and_ensemble_is_the_mean():
