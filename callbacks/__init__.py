@@ -1,10 +1,11 @@
 """Training callbacks that work on any LightningModule: weight averaging, snapshot ensembles, LR range test, pruning,
-greedy evaluation episodes of an RL agent."""
+pseudo-labelling, greedy evaluation episodes of an RL agent."""
 
 from callbacks.lr_finder import LRFinder
 from callbacks.pruning import Pruning
+from callbacks.pseudo_label import PseudoLabel
 from callbacks.rl_evaluation import RLEvaluation
 from callbacks.snapshot_ensemble import SnapshotEnsemble
 from callbacks.swa import SWA
 
-__all__ = ["SWA", "SnapshotEnsemble", "LRFinder", "Pruning", "RLEvaluation"]
+__all__ = ["SWA", "SnapshotEnsemble", "LRFinder", "Pruning", "PseudoLabel", "RLEvaluation"]

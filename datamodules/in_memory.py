@@ -10,7 +10,7 @@ translation and flip are written here as batched tensor ops.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +98,10 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
         pin_memory: Pin batches for faster host-to-GPU copies.
         shuffle_seed: Seed of the training order; ``None`` follows ``--seed_everything``. Epoch ``k`` gets the
             same order whether the run was resumed or not (see :class:`datamodules.sampling.EpochSampler`).
+        labelled_fraction: Share of the training split (what validation leaves) that keeps its labels: a seeded,
+            stratified draw with at least one image of every class. The rest is the unlabelled pool of
+            semi-supervised learning, read by :meth:`unlabelled_dataloader`; the part of it labelled by
+            :meth:`set_pseudo_labels` joins the training data. Validation and test never change. 1.0: all labelled.
 
     Under DDP each process evaluates its own slice of the samples, none twice, so validation and test metrics equal
     one process's; in training every process takes the same number of batches (the last ones padded by repeats).
@@ -127,6 +131,7 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
         pin_memory: bool = False,
         translate_mode: Literal["constant", "reflect"] = "constant",
         shuffle_seed: int | None = None,
+        labelled_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -135,11 +140,21 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if translate < 0:
             raise ValueError(f"translate must be >= 0 pixels, got {translate}")
+        if not 0.0 < labelled_fraction <= 1.0:
+            raise ValueError(
+                f"labelled_fraction must be in (0, 1], got {labelled_fraction}: the share of training images that keep "
+                "their labels (0.1 keeps 10%), or 1.0 for fully supervised training"
+            )
         self.save_hyperparameters(logger=False)
         self.data_dir = data_dir
         self.splits: dict[str, TensorBatches] = {}
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
+        # The unlabelled pool: its images with targets of -1 (unknown); the true labels stay private, for
+        # :meth:`pseudo_label_accuracy` only. ``None`` when every training image keeps its label.
+        self.unlabelled: TensorBatches | None = None
+        self._hidden_labels: torch.Tensor | None = None
+        self._pseudo = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))  # (pool indices, labels)
 
     @property
     def num_classes(self) -> int:
@@ -181,14 +196,22 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
             return
         images, labels = self.load_split(train=True)
         self._check(images, labels, "train")
-        train_idx, val_idx = stratified_split(labels, self.hparams.val_fraction, self.hparams.seed)
-        self.splits["train"] = TensorBatches(images[train_idx], labels[train_idx])
+        hp = self.hparams
+        train_idx, val_idx = stratified_split(labels, hp.val_fraction, hp.seed)
         self.splits["val"] = TensorBatches(images[val_idx], labels[val_idx])
+        # Normalisation statistics come from the training split only, so nothing leaks from validation or test; its
+        # unlabelled images count too (they are training inputs), so they do not change with labelled_fraction.
+        train = to_float(images[train_idx])
+        if hp.labelled_fraction < 1.0:
+            # Drawn from what validation left, so validation and test are the same whatever the fraction.
+            pool, kept = stratified_split(labels[train_idx], hp.labelled_fraction, hp.seed, keep_one=True)
+            pool_idx, train_idx = train_idx[pool], train_idx[kept]
+            self.unlabelled = TensorBatches(images[pool_idx], torch.full((len(pool_idx),), -1, dtype=torch.long))
+            self._hidden_labels = labels[pool_idx]
+        self.splits["train"] = TensorBatches(images[train_idx], labels[train_idx])
         test_images, test_labels = self.load_split(train=False)
         self._check(test_images, test_labels, "test")
         self.splits["test"] = TensorBatches(test_images, test_labels)
-        # Normalisation statistics come from the training split only, so nothing leaks from validation or test.
-        train = to_float(self.splits["train"].images)
         self.mean = train.mean(dim=(0, 2, 3)).tolist()
         self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
 
@@ -205,7 +228,7 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         if not self.splits:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders are requested")
-        data, hp = self.splits[split], self.hparams
+        data, hp = self._training_data() if split == "train" else self.splits[split], self.hparams
         train = split == "train"
         sampler = EpochSampler(
             len(data),
@@ -217,6 +240,102 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
             drop_last=train and len(data) > hp.batch_size,  # never drop the only batch of a tiny dataset
         )
         return batch_loader(data, sampler, hp.pin_memory)
+
+    # Semi-supervised learning: the unlabelled pool and its pseudo-labels ----------------------------------------------
+
+    def _training_data(self) -> TensorBatches:
+        """The labelled training images followed by the pseudo-labelled ones of the pool."""
+        labelled = self.splits["train"]
+        indices, labels = self._pseudo
+        if self.unlabelled is None or not len(indices):
+            return labelled
+        images = torch.cat([labelled.images, self.unlabelled.images[indices]])  # (N + K, C, H, W)
+        return TensorBatches(images, torch.cat([labelled.labels, labels]))
+
+    def _require_pool(self, action: str) -> TensorBatches:
+        if not self.splits:
+            raise MisconfigurationException(f"{type(self).__name__}.setup() must run before it can {action}.")
+        if self.unlabelled is None:
+            raise MisconfigurationException(
+                f"{type(self).__name__} cannot {action}: labelled_fraction is 1.0, so every training image keeps its "
+                "label and there is no unlabelled pool. Set labelled_fraction below 1 (e.g. "
+                "--data.init_args.labelled_fraction=0.1) to hold labels back for semi-supervised learning."
+            )
+        return self.unlabelled
+
+    def unlabelled_dataloader(self) -> DataLoader:
+        """Batches ``(images, targets)`` of the unlabelled pool, always in the same order, targets all ``-1``.
+
+        Position ``i`` in this order is the index :meth:`set_pseudo_labels` takes. Every process reads the whole pool
+        (no DDP sharding), so each can label all of it; batches get this DataModule's ``on_after_batch_transfer``
+        (pixels to floats) when moved with ``trainer.strategy.batch_to_device``, without augmentation outside training.
+        """
+        pool = self._require_pool("serve unlabelled images")
+        sampler = EpochSampler(len(pool), batch_size=self.hparams.eval_batch_size)
+        return batch_loader(pool, sampler, self.hparams.pin_memory)
+
+    def set_pseudo_labels(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
+        """Train on pool images ``indices`` (K,) with class ``labels`` (K,) from the next training loader on.
+
+        They replace any earlier pseudo-labels (empty tensors clear them). Lightning builds the training loader once
+        unless ``Trainer(reload_dataloaders_every_n_epochs=1)``, which rebuilds it at every epoch start.
+        """
+        pool = self._require_pool("take pseudo-labels")
+        indices, labels = torch.as_tensor(indices).cpu(), torch.as_tensor(labels).cpu()
+        if indices.ndim != 1 or labels.ndim != 1 or len(indices) != len(labels):
+            raise MisconfigurationException(
+                f"pseudo-labels need 1-D indices and labels of one length, got shapes {tuple(indices.shape)} and "
+                f"{tuple(labels.shape)}: pass positions in unlabelled_dataloader()'s order and one class each."
+            )
+        if indices.is_floating_point() or labels.is_floating_point():
+            raise MisconfigurationException(
+                f"pseudo-label indices and labels must be integers, got {indices.dtype} and {labels.dtype}: pass class "
+                "indices (probabilities.argmax(-1)), not probabilities."
+            )
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(pool) or len(indices.unique()) < len(indices)):
+            raise MisconfigurationException(
+                f"pseudo-label indices must be distinct positions in [0, {len(pool) - 1}] of the unlabelled pool, got "
+                f"{len(indices)} indices from {int(indices.min())} to {int(indices.max())}"
+                f"{' with repeats' if len(indices.unique()) < len(indices) else ''}."
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise MisconfigurationException(
+                f"pseudo-labels range from {int(labels.min())} to {int(labels.max())}, outside the "
+                f"{self.num_classes} classes [0, {self.num_classes - 1}]: the model's output size must match the data."
+            )
+        self._pseudo = (indices.long().clone(), labels.long().clone())
+
+    @property
+    def pseudo_labels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of the current pseudo-labels: pool positions (K,) and classes (K,); empty before any are set."""
+        return self._pseudo[0].clone(), self._pseudo[1].clone()
+
+    def pseudo_label_accuracy(self) -> float | None:
+        """Share of the current pseudo-labels equal to the labels held back: a diagnostic of the simulated
+        semi-supervised split (nothing trains on it); ``None`` without pseudo-labels."""
+        indices, labels = self._pseudo
+        if self._hidden_labels is None or not len(indices):
+            return None
+        return (self._hidden_labels[indices] == labels).double().mean().item()
+
+    def state_dict(self) -> dict[str, Any]:
+        # The pseudo-labels are part of the training set, so a resumed run trains on the same examples.
+        if self.unlabelled is None or not len(self._pseudo[0]):
+            return {}
+        indices, labels = self.pseudo_labels
+        return {"pool_size": len(self.unlabelled), "pseudo_indices": indices, "pseudo_labels": labels}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict or (self.trainer is not None and self.trainer.state.fn != "fit"):
+            return  # only training reads pseudo-labels: testing or predicting from a checkpoint takes any data options
+        pool = self._require_pool("restore pseudo-labels")
+        if state_dict["pool_size"] != len(pool):
+            raise MisconfigurationException(
+                f"the checkpoint's pseudo-labels index an unlabelled pool of {state_dict['pool_size']} images, but "
+                f"this {type(self).__name__} holds {len(pool)}: resume with the labelled_fraction, val_fraction and "
+                "seed the checkpoint was trained with."
+            )
+        self.set_pseudo_labels(state_dict["pseudo_indices"], state_dict["pseudo_labels"])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if not isinstance(batch, (tuple, list)):  # the model summary's example input, already a float tensor

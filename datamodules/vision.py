@@ -43,6 +43,7 @@ class DigitsDataModule(InMemoryImageDataModule):
         data_dir: str = "data",
         translate_mode: Literal["constant", "reflect"] = "constant",
         shuffle_seed: int | None = None,
+        labelled_fraction: float = 1.0,
     ) -> None:
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -58,6 +59,7 @@ class DigitsDataModule(InMemoryImageDataModule):
             pin_memory,
             translate_mode,
             shuffle_seed,
+            labelled_fraction,
         )
         self.test_fraction = test_fraction
 
@@ -152,6 +154,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         pin_memory: bool = False,
         translate_mode: Literal["constant", "reflect"] = "reflect",
         shuffle_seed: int | None = None,
+        labelled_fraction: float = 1.0,
     ) -> None:
         super().__init__(
             data_dir,
@@ -165,6 +168,7 @@ class CIFAR10DataModule(InMemoryImageDataModule):
             pin_memory,
             translate_mode,
             shuffle_seed,
+            labelled_fraction,
         )
 
     def _files(self, train: bool) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from types import SimpleNamespace
 from urllib.error import URLError
 
 import numpy as np
@@ -61,6 +62,100 @@ def test_digits_test_split_is_disjoint_from_train_and_val():
     full = load_digits().images.astype(np.float32) / 16.0
     assert sorted(fit + test) == sorted(image[None].tobytes() for image in full)  # a partition: nothing lost
     assert abs(len(test) - 0.25 * len(full)) <= 1  # scikit-learn rounds the test share up
+
+
+def _rows(images: torch.Tensor) -> list[bytes]:
+    return [image.numpy().tobytes() for image in images]
+
+
+def test_digits_labelled_fraction_keeps_a_stratified_share_and_leaves_val_and_test_alone():
+    full, semi = DigitsDataModule(), DigitsDataModule(labelled_fraction=0.1)
+    full.setup("fit")
+    semi.setup("fit")
+    labelled, pool = semi.splits["train"], semi.unlabelled
+    per_class = torch.bincount(full.splits["train"].labels, minlength=10)
+    assert torch.bincount(labelled.labels, minlength=10).tolist() == [round(0.1 * n) for n in per_class.tolist()]
+    # Labelled + pool is the whole training split, nothing more: validation and test are the same tensors.
+    assert sorted(_rows(labelled.images) + _rows(pool.images)) == sorted(_rows(full.splits["train"].images))
+    for split in ("val", "test"):
+        assert torch.equal(semi.splits[split].images, full.splits[split].images)
+        assert torch.equal(semi.splits[split].labels, full.splits[split].labels)
+    assert (pool.labels == -1).all()  # the pool's labels are held back
+    assert semi.normalization == full.normalization  # from every training image, labelled or not
+    assert semi.class_weights.shape == (10,)  # of the labelled images the model trains on first
+    # Seeded: the same draw again, another one with another seed.
+    again, other = DigitsDataModule(labelled_fraction=0.1), DigitsDataModule(labelled_fraction=0.1, seed=1)
+    again.setup("fit")
+    other.setup("fit")
+    assert torch.equal(again.splits["train"].images, labelled.images)
+    assert not torch.equal(other.splits["train"].images[: len(labelled)], labelled.images)
+
+
+def test_digits_tiny_labelled_fraction_keeps_every_class():
+    dm = DigitsDataModule(labelled_fraction=0.001)  # round(0.001 * 115) is 0: one image of each class stays labelled
+    dm.setup("fit")
+    assert torch.bincount(dm.splits["train"].labels, minlength=10).tolist() == [1] * 10
+
+
+def test_digits_pseudo_labels_join_the_next_training_loader_and_the_checkpoint_state():
+    dm = DigitsDataModule(labelled_fraction=0.1, batch_size=4096)  # one batch: the whole training set
+    dm.setup("fit")
+    assert dm.state_dict() == {} and dm.pseudo_label_accuracy() is None
+    order = torch.cat([images for images, _ in dm.unlabelled_dataloader()])
+    assert torch.equal(order, dm.unlabelled.images)  # positions index the unlabelled loader's fixed order
+    indices, labels = torch.tensor([5, 0, 17]), torch.tensor([3, 3, 9])
+    dm.set_pseudo_labels(indices, labels)
+    images, targets = next(iter(dm.train_dataloader()))  # shuffled
+    assert len(targets) == len(dm.splits["train"]) + 3
+    served = dict(zip(_rows(images), targets.tolist(), strict=True))
+    expected = dict(zip(_rows(dm.splits["train"].images), dm.splits["train"].labels.tolist(), strict=True))
+    expected.update(zip(_rows(dm.unlabelled.images[indices]), labels.tolist(), strict=True))
+    assert served == expected  # the labelled images with their labels, the three pool images with theirs
+    state = dm.state_dict()
+    restored = DigitsDataModule(labelled_fraction=0.1)
+    restored.setup("fit")
+    restored.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(restored.pseudo_labels, (indices, labels), strict=True))
+    assert 0.0 <= dm.pseudo_label_accuracy() <= 1.0
+    dm.set_pseudo_labels(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))  # cleared
+    assert len(next(iter(dm.train_dataloader()))[1]) == len(dm.splits["train"])
+
+
+@pytest.mark.parametrize(
+    ("indices", "labels", "message"),
+    [
+        ([0, 1], [0], "1-D indices and labels of one length"),
+        ([0, 0], [1, 1], "with repeats"),
+        ([-1], [1], "distinct positions"),
+        ([10_000], [1], "distinct positions"),
+        ([0], [10], "outside the 10 classes"),
+        ([0], [0.9], "must be integers"),
+    ],
+)
+def test_digits_bad_pseudo_labels_are_refused(indices, labels, message):
+    dm = DigitsDataModule(labelled_fraction=0.1)
+    dm.setup("fit")
+    with pytest.raises(MisconfigurationException, match=message):
+        dm.set_pseudo_labels(torch.tensor(indices), torch.tensor(labels))
+
+
+def test_digits_without_a_pool_or_with_another_pool_say_how_to_fix_it():
+    full = DigitsDataModule()
+    full.setup("fit")
+    for call in (full.unlabelled_dataloader, lambda: full.set_pseudo_labels(torch.tensor([0]), torch.tensor([0]))):
+        with pytest.raises(MisconfigurationException, match="labelled_fraction below 1"):
+            call()
+    semi = DigitsDataModule(labelled_fraction=0.1)
+    semi.setup("fit")
+    semi.set_pseudo_labels(torch.tensor([0]), torch.tensor([0]))
+    other = DigitsDataModule(labelled_fraction=0.5)
+    other.setup("fit")
+    with pytest.raises(MisconfigurationException, match="resume with the labelled_fraction"):
+        other.load_state_dict(semi.state_dict())
+    full.trainer = SimpleNamespace(state=SimpleNamespace(fn="test"))  # testing a pseudo-labelled run's checkpoint
+    full.load_state_dict(semi.state_dict())  # with the fully labelled recipe: nothing to restore, nothing refused
+    with pytest.raises(ValueError, match="labelled_fraction must be in"):
+        DigitsDataModule(labelled_fraction=0.0)
 
 
 # MNIST --------------------------------------------------------------------------------------------------------------
