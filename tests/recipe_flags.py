@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 
@@ -23,7 +25,25 @@ def offline_overrides(path, data_root) -> list[str]:
         flags += [f"--model.init_args.net.init_args.name_or_path={tiny}", f"--data.init_args.tokenizer={tiny}"]
     if "dataset" in ((config.get("data") or {}).get("init_args") or {}):  # a Hugging Face dataset: a local CSV
         flags += ["--data.init_args.dataset=null", "--data.init_args.path=text_classification/topics.csv"]
+    if ((config.get("model") or {}).get("init_args") or {}).get("distillation"):
+        flags.append(f"--model.init_args.distillation.teacher={digits_teacher(data_root)}")
     return flags
+
+
+def digits_teacher(data_root) -> str:
+    """A ``vision/digits`` checkpoint written by ``recipe fit`` (two steps), made once per session: the teacher of
+    the distillation recipes."""
+    from recipes.cli import main
+
+    root = Path(data_root) / "digits_teacher"
+    found = sorted(root.glob("version_*/checkpoints/last.ckpt"))
+    if found:
+        return str(found[0])
+    quick = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    fit = main(
+        ["fit", "--config", "vision/digits", *quick, "--trainer.logger=false", f"--trainer.default_root_dir={root}"]
+    )
+    return fit.trainer.checkpoint_callback.last_model_path
 
 
 def no_pretrained_weights() -> str:
