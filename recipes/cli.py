@@ -4,6 +4,7 @@
     recipe fit --config my.yaml --trainer.max_epochs=3 # any config file, any Lightning flag
     recipe test --config vision/digits --ckpt_path runs/.../best.ckpt
     recipe list                                        # every packaged recipe
+    recipe export --ckpt_path runs/.../last.ckpt --format onnx  # a deployable model file (see recipes.export)
 
 Model and DataModule are chosen by ``class_path`` (subclass mode), so a user's own subclasses work unchanged.
 Values that come from the data (classes, channels, vocabulary size, ...; see ``core.data_values``) are filled
@@ -117,7 +118,7 @@ def _user_message(err: BaseException) -> str:
     return text
 
 
-HELP = f"""usage: recipe {{fit,validate,test,predict,list}} [--config RECIPE] [options]
+HELP = f"""usage: recipe {{fit,validate,test,predict,list,export}} [--config RECIPE] [options]
 
 {DESCRIPTION}
 
@@ -127,6 +128,7 @@ subcommands:
   test       score a checkpoint on the test split (metrics, confusion matrix)
   predict    write a checkpoint's predictions to predictions.pt
   list       print the packaged recipes
+  export     write a checkpoint as an ONNX, TorchScript or int8 ONNX file (`recipe export --help`)
 
 `recipe fit --help` documents every option; `recipe fit --model.help CLASS` the options of one class.
 """
@@ -144,8 +146,9 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
     trainer (as ``LightningCLI(run=False)`` does).
 
     ``recipe list`` prints the packaged recipes and returns ``None``, as ``recipe --help`` prints the overview; both
-    answer without importing Lightning. A user mistake (a missing config or data folder, an unknown class, a bad
-    value, bad labels, a NaN loss) prints one ``error:`` line and exits with status 2.
+    answer without importing Lightning. ``recipe export ...`` runs :mod:`recipes.export` and returns ``None``.
+    A user mistake (a missing config or data folder, an unknown class, a bad value, bad labels, a NaN loss) prints
+    one ``error:`` line and exits with status 2.
     """
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["list"]:
@@ -156,6 +159,15 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI | None
         return None
     from jsonargparse import ArgumentError
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if argv[:1] == ["export"]:
+        from recipes import export
+
+        try:
+            export.main(argv[1:])
+        except (UsageError, MisconfigurationException) as err:
+            _report(_user_message(err))
+        return None
 
     from recipes.recipe_cli import RUN_DIR_ENV, cli_kwargs
 
