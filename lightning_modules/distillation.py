@@ -11,6 +11,7 @@ student's checkpoint: the student reloads and predicts on its own.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,11 @@ class Teacher:
     """
 
     def __init__(self, options: Distillation, num_classes: int) -> None:
+        if not os.path.isfile(options.teacher):
+            raise MisconfigurationException(
+                f"no teacher checkpoint at '{options.teacher}'. Train the teacher first (for vision/digits_distill: "
+                "`recipe fit --config vision/digits`) or give its path: --model.init_args.distillation.teacher PATH."
+            )
         module = load_module(options.teacher)
         teacher_classes = getattr(module, "num_classes", None)
         if teacher_classes != num_classes:
