@@ -124,6 +124,7 @@ class AudioClassifier(Classifier):
             raise ValueError(f"sample_rate and num_samples must be positive, got {sample_rate} and {num_samples}")
         if n_mels < 1 or window_ms <= 0 or hop_ms <= 0:
             raise ValueError(f"n_mels must be >= 1 and window_ms, hop_ms > 0, got {n_mels}, {window_ms}, {hop_ms}")
+        self.sample_rate = sample_rate  # of the misclassified test clips the Classifier logs
         net = net if net is not None else ConvNet(1, num_classes, widths=DEFAULT_WIDTHS, convs_per_stage=2)
         self.input_kind = getattr(net, "input_kind", "spectrogram")
         if self.input_kind not in INPUT_KINDS:

@@ -12,7 +12,9 @@ for batch-level augmentation such as mixup). It inherits:
 * labels checked against ``num_classes`` with one clear message, on every batch on CPU and on the first batch of
   each epoch on accelerators (a check reads the labels on the host);
 * the non-finite-loss stop, optimizer groups and schedules of :class:`lightning_modules.task.Task`;
-* the test confusion matrix as an image and a table, to every logger and the run's ``media/`` folder;
+* the test confusion matrix as an image and a table, the first test predictions as a table and the first
+  misclassified test inputs as images, clips or texts (:mod:`core.examples`), to every logger and the run's
+  ``media/`` folder;
 * ``predict_step`` returning class probabilities ``(B, num_classes)``.
 """
 
@@ -28,6 +30,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from core import host_sync
+from core.examples import ExampleCollector
 from core.losses import classification_loss, distillation_loss
 from core.metrics import log_confusion_matrix, per_stage
 from lightning_modules.distillation import Distillation, Teacher
@@ -53,6 +56,9 @@ class Classifier(Task):
     """
 
     progress_bar_epochs = ("val/loss", "val/acc")
+    #: Test examples shown beside the confusion matrix: this many first predictions (``test/predictions``) and
+    #: misclassified inputs (``test/misclassified``); a subclass sets 0 to show none.
+    media_examples = 16
 
     def __init__(
         self,
@@ -93,6 +99,7 @@ class Classifier(Task):
         train = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
         self.train_metrics, self.val_metrics, self.test_metrics = per_stage(evaluation, train)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_examples = ExampleCollector(self.media_examples)
         # The evaluation loss as a metric: summed and counted exactly across DDP processes (a sync_dist mean of a
         # logged tensor weights the processes by integer-averaged sample counts, biased when the slices differ).
         self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
@@ -192,12 +199,17 @@ class Classifier(Task):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         logits, targets = self.evaluation_step(batch, batch_idx, "test")
         self.test_confusion.update(logits, targets)
+        self.test_examples.update(self.split_batch(batch)[0], logits, targets)
 
     def on_test_epoch_end(self) -> None:
         matrix = self.test_confusion.compute()  # (num_classes, num_classes), summed over ranks
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             log_confusion_matrix(self.trainer, "test/confusion_matrix", matrix, self.class_names)
+            # Waveforms need their rate (an audio module's ``sample_rate``), token ids the DataModule's ``decode``.
+            decode = getattr(self.trainer.datamodule, "decode", None)
+            self.test_examples.log(self.trainer, "test", self.class_names, getattr(self, "sample_rate", None), decode)
         self.test_confusion.reset()
+        self.test_examples.reset()
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, _ = self.split_batch(batch)

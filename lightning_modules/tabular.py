@@ -32,6 +32,7 @@ from torchmetrics.classification import (
 )
 
 from core import host_sync
+from core.examples import ExampleCollector
 from core.losses import classification_loss
 from core.metrics import log_confusion_matrix, per_stage
 from lightning_modules.nets.tabular import TabularMLP
@@ -99,6 +100,8 @@ class TabularModel(Task):
             }
             train = {"acc": MulticlassAccuracy(num_classes, average="micro", validate_args=False)}
             self.test_confusion = MulticlassConfusionMatrix(num_classes)
+            # The first test predictions and misclassified rows (preprocessed numbers and category codes) as tables.
+            self.test_examples = ExampleCollector(16)
         else:
             evaluation = {"rmse": MeanSquaredError(squared=False), "mae": MeanAbsoluteError(), "r2": R2Score()}
             train = {"rmse": MeanSquaredError(squared=False)}
@@ -211,6 +214,7 @@ class TabularModel(Task):
         prediction, targets = self.evaluation_step(batch, batch_idx, "test")
         if self.classify:
             self.test_confusion.update(prediction, targets)
+            self.test_examples.update(self.split_batch(batch)[0], prediction, targets)
 
     def on_test_epoch_end(self) -> None:
         if not self.classify:
@@ -218,7 +222,9 @@ class TabularModel(Task):
         matrix = self.test_confusion.compute()  # (C, C), summed over ranks
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             log_confusion_matrix(self.trainer, "test/confusion_matrix", matrix, self.class_names)
+            self.test_examples.log(self.trainer, "test", self.class_names)
         self.test_confusion.reset()
+        self.test_examples.reset()
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, _ = self.split_batch(batch)

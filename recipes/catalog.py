@@ -18,6 +18,8 @@ import yaml
 
 RECIPES_DIR = Path(__file__).resolve().parent
 OVERLAYS = "overlays"
+#: W&B sweep configs (``wandb sweep recipes/sweeps/<name>.yaml``), which run recipes but are none themselves.
+SWEEPS = "sweeps"
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,8 @@ class Recipe:
 
 
 def recipe_paths() -> list[Path]:
-    """Every packaged recipe YAML (overlays excluded), sorted by name."""
-    return sorted(p for p in RECIPES_DIR.glob("*/*.yaml") if p.parent.name != OVERLAYS)
+    """Every packaged recipe YAML (overlays and sweeps excluded), sorted by name."""
+    return sorted(p for p in RECIPES_DIR.glob("*/*.yaml") if p.parent.name not in (OVERLAYS, SWEEPS))
 
 
 def find(name: str) -> Path | None:

@@ -27,6 +27,8 @@ def isolated_run(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    # W&B stages artifacts (the recipe, checkpoints) in its data folder until `wandb sync`: the test's, not ~/.local.
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     yield tmp_path
     # WandbLogger switches offline mode on through the environment; do not let it leak into the next test.
     os.environ.pop("WANDB_MODE", None)

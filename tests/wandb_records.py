@@ -104,3 +104,61 @@ def run_name(path: Path) -> str:
         if record.WhichOneof("record_type") == "run":
             return record.run.display_name
     raise AssertionError(f"{path} has no run record")
+
+
+def parsed(path: Path) -> list:
+    """Every record of the file as a ``wandb_internal_pb2.Record``, in order."""
+    from wandb.proto import wandb_internal_pb2
+
+    out = []
+    for raw in records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        out.append(record)
+    return out
+
+
+def wait_for_exit(path: Path, timeout: float = 20.0) -> list:
+    """The file's records once its ``exit`` record is written: everything the run logged is in them then (wandb-core
+    may still be flushing when ``run.finish()`` returns on a loaded machine, see :func:`wait_for_config`)."""
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = parsed(path)
+        except DecodeError:  # a record caught mid-write
+            found = []
+        if any(r.WhichOneof("record_type") == "exit" for r in found):
+            return found
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s: {record_kinds(path)}"
+        time.sleep(0.5)
+
+
+def history(found: list) -> dict[str, list]:
+    """Every value logged with ``run.log``, by key (nested keys joined with ``/``), in the order logged."""
+    values: dict[str, list] = {}
+    for record in found:
+        if record.WhichOneof("record_type") != "history":
+            continue
+        for item in record.history.item:
+            key = "/".join(item.nested_key) if item.nested_key else item.key
+            values.setdefault(key, []).append(json.loads(item.value_json))
+    return values
+
+
+def artifacts(found: list) -> list:
+    """The ``ArtifactRecord`` of each artifact the run logged (name, type, aliases, manifest), in order."""
+    return [r.artifact for r in found if r.WhichOneof("record_type") == "artifact"]
+
+
+def media(values: dict[str, list]) -> dict[str, str]:
+    """The W&B type (``images/separated``, ``table-file``, ``audio-file``, ``histogram``, ...) of each media key
+    of :func:`history`'s values: W&B stores a medium's fields as nested keys, ``<key>/_type`` among them."""
+    found = {}
+    for key, logged in values.items():
+        if key.endswith("/_type"):
+            found[key[: -len("/_type")]] = logged[-1]
+        elif isinstance(logged[-1], dict) and "_type" in logged[-1]:
+            found[key] = logged[-1]["_type"]
+    return found
