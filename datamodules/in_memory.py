@@ -328,6 +328,10 @@ class InMemoryImageDataModule(SplitLoaders, LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict or (self.trainer is not None and self.trainer.state.fn != "fit"):
             return  # only training reads pseudo-labels: testing or predicting from a checkpoint takes any data options
+        if not self.splits:
+            # The recipe command restores data state before setup, for the data values; the pseudo-labels need the
+            # pool, and a resumed fit restores this state again after setup (Lightning's own restore).
+            return
         pool = self._require_pool("restore pseudo-labels")
         if state_dict["pool_size"] != len(pool):
             raise MisconfigurationException(

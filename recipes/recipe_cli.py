@@ -76,6 +76,13 @@ class RecipeCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         config = self.config.clone()
         section = config.get(str(self.subcommand), config)
+        ckpt_path = section.get("ckpt_path")
+        if ckpt_path and not ckpt_path.startswith(("last", "best", "hpc", "registry")) and "://" not in ckpt_path:
+            if not os.path.isfile(ckpt_path):  # before the run directory is made: a typo leaves nothing behind
+                raise UsageError(
+                    f"no checkpoint file at '{ckpt_path}'. Give the path of a .ckpt file: `recipe fit` prints the best "
+                    "and last ones, under the run's checkpoints/ folder."
+                )
         self.run_dir = _place_run(section)
         if section.get("ckpt_path") and section.get("model") is not None:
             # The checkpoint holds the network's weights: build it without fetching pretrained ones (no network).

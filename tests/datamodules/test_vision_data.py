@@ -113,6 +113,8 @@ def test_digits_pseudo_labels_join_the_next_training_loader_and_the_checkpoint_s
     assert served == expected  # the labelled images with their labels, the three pool images with theirs
     state = dm.state_dict()
     restored = DigitsDataModule(labelled_fraction=0.1)
+    restored.load_state_dict(state)  # before setup, as `recipe test --ckpt_path` restores: waits for the fit restore
+    assert not restored.splits
     restored.setup("fit")
     restored.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(restored.pseudo_labels, (indices, labels), strict=True))

@@ -268,6 +268,12 @@ def test_missing_config_names_the_fix(capsys):
     assert "Traceback" not in err
 
 
+def test_a_missing_checkpoint_is_one_line_and_leaves_no_run_directory(capsys):
+    err = _error(capsys, ["test", "--config", "vision/digits", "--ckpt_path", "runs/typo/last.ckpt", *NO_LOGGER])
+    assert err.startswith("error: no checkpoint file at 'runs/typo/last.ckpt'") and "Traceback" not in err
+    assert not Path("runs").exists()
+
+
 def test_no_recipe_and_no_model_says_what_to_give(capsys):
     err = _error(capsys, ["fit"])
     assert "--config vision/digits" in err and "recipe list" in err
